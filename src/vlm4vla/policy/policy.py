@@ -1,0 +1,214 @@
+"""`VLAPolicy`: backbone + ActionQuery + FCDecoder + loss, and the training-mode switches."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlm4vla.backbones.base import ImagesLike, VLABackbone
+from vlm4vla.policy.action_query import ActionQuery
+from vlm4vla.policy.heads import FCDecoder
+from vlm4vla.policy.losses import action_loss
+
+
+class ActionNormalizer(Protocol):
+    """What the policy needs from a dataset's action normaliser (see ``vlm4vla.data``)."""
+
+    def denormalize(self, actions: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA through peft. ``target_modules=None`` means the family's language-model projections;
+    ``include_experts`` adds MoE expert weights (3-D parameters) for MoE families; peft's
+    parameter adapters need ``dropout=0`` (the default, as in OpenVLA's LoRA recipe)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] | None = None
+    include_experts: bool = True
+
+
+class VLAPolicy(nn.Module):
+    """``action = FCDecoder(VLM([image][instruction][ActionQuery]))`` (paper-notes §1).
+
+    Args:
+        backbone: a `VLABackbone`.
+        chunk_size: N, the number of future actions predicted per query.
+        gripper_loss_weight: λ of the BCE gripper loss (default 0.01 as in the released code).
+        normalizer: optional action normaliser; :meth:`predict_chunk` inverts it.
+    """
+
+    def __init__(
+        self,
+        backbone: VLABackbone,
+        *,
+        chunk_size: int = 10,
+        gripper_loss_weight: float = 0.01,
+        normalizer: ActionNormalizer | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, VLABackbone):
+            raise TypeError(f"backbone: expected a VLABackbone, got {type(backbone).__name__}")
+        self.backbone = backbone
+        self.chunk_size = int(chunk_size)
+        self.gripper_loss_weight = float(gripper_loss_weight)
+        self.normalizer = normalizer
+        hidden = backbone.hidden_size
+        device = backbone.device if backbone.device.type == "meta" else None
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.action_query = ActionQuery(hidden)
+            self.head = FCDecoder(hidden, self.chunk_size)
+        if device is None:
+            # The new modules follow the backbone's device (its dtype is for the VLM only:
+            # the head stays in fp32 and autocast handles mixed precision).
+            self.action_query.to(backbone.device)
+            self.head.to(backbone.device)
+        # An untied LM head never reaches the ActionQuery hidden state: freeze it so DDP does
+        # not wait for its gradients and optimisers do not hold state for it.
+        for param in backbone.unused_parameters():
+            param.requires_grad_(False)
+
+    # ------------------------------------------------------------------ forward
+    def predict(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Arm (B, N, 6) in [-1, 1] and gripper logits (B, N) for processed inputs."""
+        hidden = self.backbone(inputs, self.action_query())
+        return self.head(hidden.to(self.head.trunk[0].weight.dtype))
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss dict for a collated batch ``{"inputs", "actions" (B,N,7), "action_mask" (B,N)}``."""
+        missing = [k for k in ("inputs", "actions") if k not in batch]
+        if missing:
+            raise ValueError(f"batch: missing key(s) {missing}; expected 'inputs', 'actions', 'action_mask'")
+        arm, gripper_logits = self.predict(batch["inputs"])
+        actions = batch["actions"].to(arm.device)
+        if actions.shape[1] != self.chunk_size:
+            raise ValueError(
+                f"batch['actions']: chunk of {actions.shape[1]} steps, but the policy predicts {self.chunk_size}"
+            )
+        mask = batch.get("action_mask")
+        return action_loss(
+            arm,
+            gripper_logits,
+            actions,
+            None if mask is None else mask.to(arm.device),
+            gripper_weight=self.gripper_loss_weight,
+        )
+
+    @torch.no_grad()
+    def predict_chunk(self, images: ImagesLike, instructions: Sequence[str]) -> torch.Tensor:
+        """(B, N, 7) actions in the dataset's units: arm de-normalised, gripper binarised to {0, 1}.
+
+        Always runs in eval mode (no dropout), so the same inputs give the same actions.
+        """
+        inputs = self.backbone.prepare_inputs(images, instructions)
+        was_training = self.training
+        self.eval()
+        try:
+            arm, gripper_logits = self.predict(inputs)
+        finally:
+            self.train(was_training)
+        gripper = (torch.sigmoid(gripper_logits.float()) > 0.5).float()
+        actions = torch.cat([arm.float(), gripper.unsqueeze(-1)], dim=-1)
+        if self.normalizer is not None:
+            restored = self.normalizer.denormalize(actions.cpu().numpy())
+            actions = torch.as_tensor(np.asarray(restored), dtype=torch.float32)
+        return actions.cpu()
+
+    # ------------------------------------------------------------------ training-mode switches
+    def freeze_vision_encoder(self) -> int:
+        """Freeze the vision encoder (paper ablation). Returns the trainable-parameter count."""
+        self.backbone.vision_encoder.requires_grad_(False)
+        return self.num_trainable_parameters()
+
+    def freeze_word_embeddings(self) -> int:
+        """Freeze the word-embedding table (paper ablation). Returns the trainable-parameter count."""
+        self.backbone.word_embeddings.requires_grad_(False)
+        return self.num_trainable_parameters()
+
+    def freeze_llm(self) -> int:
+        """Freeze the whole language model incl. word embeddings; vision, projector, ActionQuery
+        and head stay trainable. Returns the trainable-parameter count."""
+        self.backbone.language_model.requires_grad_(False)
+        self.backbone.word_embeddings.requires_grad_(False)
+        return self.num_trainable_parameters()
+
+    def apply_lora(self, settings: LoraSettings | None = None) -> int:
+        """Replace full fine-tuning of the backbone by LoRA adapters (peft).
+
+        Only the adapters, the ActionQuery and the head are trained afterwards. Returns the
+        trainable-parameter count.
+        """
+        from peft import LoraConfig, inject_adapter_in_model
+
+        settings = settings or LoraSettings()
+        backbone = self.backbone
+        target_parameters = (
+            list(backbone.lora_target_parameters) if settings.include_experts and backbone.lora_target_parameters else None
+        )
+        if target_parameters and settings.dropout:
+            raise ValueError(
+                f"lora.dropout: {backbone.name} adapts MoE expert parameters, which peft supports only "
+                "with dropout=0; set dropout to 0 or include_experts to False"
+            )
+        config = LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=settings.target_modules or backbone.lora_target_modules,
+            target_parameters=target_parameters,
+        )
+        backbone.model.requires_grad_(False)
+        inject_adapter_in_model(config, backbone.model)
+        for name, param in backbone.model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
+        return self.num_trainable_parameters()
+
+    def configure_training(
+        self,
+        *,
+        freeze_vision_encoder: bool = False,
+        freeze_word_embeddings: bool = False,
+        freeze_llm: bool = False,
+        lora: LoraSettings | None = None,
+    ) -> int:
+        """Apply the recipe's switches in a fixed order; returns the trainable-parameter count."""
+        if lora is not None:
+            self.apply_lora(lora)
+        if freeze_vision_encoder:
+            self.freeze_vision_encoder()
+        if freeze_word_embeddings:
+            self.freeze_word_embeddings()
+        if freeze_llm:
+            self.freeze_llm()
+        return self.num_trainable_parameters()
+
+    # ------------------------------------------------------------------ sizes
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Backbone, head, ActionQuery and trainable parameter counts (tied weights once)."""
+        backbone = sum(p.numel() for n, p in self.backbone.model.named_parameters() if "lora_" not in n)
+        lora = sum(p.numel() for n, p in self.backbone.model.named_parameters() if "lora_" in n)
+        head = sum(p.numel() for p in self.head.parameters())
+        query = sum(p.numel() for p in self.action_query.parameters())
+        counts = {
+            "backbone_params": backbone,
+            "head_params": head,
+            "action_query_params": query,
+            "trainable_params": self.num_trainable_parameters(),
+            "total_params": backbone + lora + head + query,
+        }
+        if lora:
+            counts["lora_params"] = lora
+        return counts
+
