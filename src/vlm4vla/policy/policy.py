@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +23,8 @@ class ActionNormalizer(Protocol):
     """What the policy needs from a dataset's action normaliser (see ``vlm4vla.data``)."""
 
     def denormalize(self, actions: Any) -> Any: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class VLAPolicy(nn.Module):
         self.chunk_size = int(chunk_size)
         self.gripper_loss_weight = float(gripper_loss_weight)
         self.normalizer = normalizer
+        self.lora_settings: LoraSettings | None = None
         hidden = backbone.hidden_size
         device = backbone.device if backbone.device.type == "meta" else None
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -122,6 +127,20 @@ class VLAPolicy(nn.Module):
             actions = torch.as_tensor(np.asarray(restored), dtype=torch.float32)
         return actions.cpu()
 
+    # ------------------------------------------------------------------ bundles
+    def save_pretrained(self, directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
+        """Write a self-contained policy bundle (safetensors weights, config, normaliser, processor)."""
+        from vlm4vla.policy.bundle import save_bundle
+
+        return save_bundle(self, directory, state_dict=state_dict)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> VLAPolicy:
+        """Load a policy bundle written by :meth:`save_pretrained` (no pickle, no download)."""
+        from vlm4vla.policy.bundle import load_bundle
+
+        return load_bundle(directory, device=device)
+
     # ------------------------------------------------------------------ training-mode switches
     def freeze_vision_encoder(self) -> int:
         """Freeze the vision encoder (paper ablation). Returns the trainable-parameter count."""
@@ -167,6 +186,7 @@ class VLAPolicy(nn.Module):
         )
         backbone.model.requires_grad_(False)
         inject_adapter_in_model(config, backbone.model)
+        self.lora_settings = settings
         for name, param in backbone.model.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(True)

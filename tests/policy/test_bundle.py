@@ -1,0 +1,82 @@
+"""Policy bundles round-trip: same outputs, no pickle, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.backbones.conftest import TINY_VARIANTS, variant_id
+from vlm4vla.backbones import get_backbone
+from vlm4vla.policy import LoraSettings, VLAPolicy
+from vlm4vla.policy.bundle import CONFIG_NAME, WEIGHTS_NAME, BundleError
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (2, 80, 80, 3), dtype=np.uint8)
+TEXTS = ["pick up the cube", "open the drawer and put the bowl inside"]
+
+
+@pytest.mark.parametrize("variant", TINY_VARIANTS, ids=[variant_id(v) for v in TINY_VARIANTS])
+def test_bundle_round_trip_gives_identical_chunks(tmp_path, variant):
+    name, overrides = variant
+    policy = VLAPolicy(get_backbone(name).tiny(prompt_scheme=None, **overrides), chunk_size=3)
+    with torch.no_grad():
+        policy.head.trunk[0].bias.add_(0.1)  # weights that differ from a fresh init
+        policy.action_query.embedding.add_(1.0)
+    policy.save_pretrained(tmp_path / "bundle")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "bundle")
+    assert not loaded.training
+    torch.testing.assert_close(loaded.predict_chunk(IMAGES, TEXTS), policy.predict_chunk(IMAGES, TEXTS))
+    policy.eval()
+    with torch.no_grad():
+        inputs = policy.backbone.prepare_inputs(IMAGES, TEXTS)
+        torch.testing.assert_close(loaded.predict(inputs)[0], policy.predict(inputs)[0])
+    assert json.loads((tmp_path / "bundle" / CONFIG_NAME).read_text())["chunk_size"] == 3
+
+
+def test_bundle_keeps_prompt_scheme_and_lora(tmp_path):
+    policy = VLAPolicy(get_backbone("qwen3-vl").tiny(prompt_scheme="short"), chunk_size=2)
+    policy.apply_lora(LoraSettings(rank=2, alpha=4))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    policy.save_pretrained(tmp_path / "b")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "b")
+    assert loaded.backbone.prompt_scheme == "short" and loaded.lora_settings == policy.lora_settings
+    torch.testing.assert_close(loaded.predict_chunk(IMAGES, TEXTS), policy.predict_chunk(IMAGES, TEXTS))
+
+
+def test_resaving_replaces_atomically(tmp_path):
+    policy = VLAPolicy(get_backbone("kosmos-2").tiny(), chunk_size=2)
+    policy.save_pretrained(tmp_path / "b")
+    policy.chunk_size = 2
+    policy.save_pretrained(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_bad_bundles_are_clear_errors(tmp_path):
+    with pytest.raises(BundleError, match="no such policy bundle"):
+        VLAPolicy.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=CONFIG_NAME):
+        VLAPolicy.from_pretrained(tmp_path / "empty")
+
+    policy = VLAPolicy(get_backbone("kosmos-2").tiny(), chunk_size=2)
+    policy.save_pretrained(tmp_path / "b")
+    (tmp_path / "b" / WEIGHTS_NAME).unlink()
+    with pytest.raises(BundleError, match="no weights"):
+        VLAPolicy.from_pretrained(tmp_path / "b")
+
+    policy.save_pretrained(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / CONFIG_NAME).read_text())
+    config["backbone_config"]["text_config"]["embed_dim"] = 32
+    config["backbone_config"]["text_config"]["ffn_dim"] = 64
+    (tmp_path / "c" / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="do not match the kosmos-2 architecture"):
+        VLAPolicy.from_pretrained(tmp_path / "c")
+
+    (tmp_path / "c" / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        VLAPolicy.from_pretrained(tmp_path / "c")
