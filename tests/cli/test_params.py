@@ -77,3 +77,63 @@ def test_console_script_prints_a_table():
 def test_bad_chunk_is_rejected(capsys, chunk):
     assert main(["params", "--preset", "kosmos-2", "--chunk", chunk]) == 2
     assert "--chunk" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- --memory
+def test_memory_markdown_has_one_row_per_recipe(capsys):
+    from vlm4vla.training.memory import recipe_label
+    from vlm4vla.training.recipes import list_recipes
+
+    assert main(["params", "--memory", "--recipe", "all", "--markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    labels = [recipe_label(p) for p in list_recipes()]
+    assert lines[0].startswith("| recipe | GPUs |") and lines[1].startswith("|:---|---:")
+    rows = lines[2:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == labels
+    assert all(row.count("|") == lines[0].count("|") for row in rows)
+    assert all(row.rstrip(" |").endswith(("yes", "no")) for row in rows)
+
+
+def test_memory_json_for_one_recipe(capsys):
+    from vlm4vla.training.recipes import RECIPES_DIR
+
+    recipe = str(RECIPES_DIR / "calvin" / "qwen3-vl-2b.yaml")
+    row = _params_json(capsys, "--memory", "--recipe", recipe)
+    assert row["recipe"] == "calvin/qwen3-vl-2b" and row["total_params"] == 2_134_111_302
+    assert row["world_size"] == 8 and row["fits"] is True
+    halved = _params_json(capsys, "--memory", "--recipe", recipe, "--gpus", "16")
+    assert halved["optimizer_gb"] == pytest.approx(row["optimizer_gb"] / 2)
+    fused = _params_json(capsys, "--memory", "--recipe", recipe, "--fused-attention")
+    assert fused["activations_gb"] < row["activations_gb"] and fused["params_gb"] == row["params_gb"]
+
+
+def test_memory_table_names_each_recipe(capsys):
+    from vlm4vla.training.recipes import RECIPES_DIR
+
+    assert main(["params", "--memory", "--recipe", str(RECIPES_DIR / "bridge" / "kosmos-2.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "bridge/kosmos-2" in out and "fits 80 GB" in out and "A100-80GB" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--memory", "--recipe", "no/such/recipe.yaml"], "no such recipe file"),
+        (["--memory", "--preset", "kosmos-2"], "--memory"),
+        (["--recipe", "all"], "--recipe"),
+        (["--preset", "kosmos-2", "--markdown"], "--markdown"),
+        (["--memory", "--recipe", "all", "--gpus", "0"], "--gpus"),
+        (["--memory", "--recipe", "all", "--lora-rank", "8"], "--lora-rank"),
+    ],
+)
+def test_memory_usage_errors_exit_2_with_one_line(capsys, args, message):
+    assert main(["params", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_preset_and_recipe_are_mutually_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["params", "--preset", "kosmos-2", "--recipe", "all", "--memory"])
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err

@@ -205,7 +205,22 @@ def test_untied_lm_head_is_frozen():
     """An untied LM head never reaches the ActionQuery: frozen so DDP needs no unused-parameter search."""
     cls = get_backbone("qwen2.5-vl")
     backbone = cls.tiny(tie_word_embeddings=False)
-    policy = VLAPolicy(backbone, chunk_size=4)
+    VLAPolicy(backbone, chunk_size=4)  # freezes the unused head on construction
     head = backbone.output_embeddings.weight
     assert head is not backbone.word_embeddings.weight
     assert not head.requires_grad and backbone.word_embeddings.weight.requires_grad
+
+
+def test_predict_chunk_maps_the_gripper_to_the_dataset_convention():
+    from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer
+
+    raw = np.random.default_rng(0).uniform(-0.5, 0.5, (200, 7)).astype(np.float32)
+    raw[:, 6] = np.sign(raw[:, 6])
+    policy = VLAPolicy(get_backbone("paligemma").tiny(), chunk_size=3)
+    plain = policy.predict_chunk(_images(2), ["a", "b"])
+    policy.normalizer = QuantileNormalizer.from_actions(raw, gripper=GripperConvention("signed"))
+    signed = policy.predict_chunk(_images(2), ["a", "b"])
+    torch.testing.assert_close(signed[..., 6], plain[..., 6] * 2 - 1)
+    assert signed[..., :6].abs().max() <= 0.5 + 1e-6, "arm de-normalised into the data's range"
+    policy.normalizer = QuantileNormalizer.from_actions(np.abs(raw), gripper=GripperConvention("unit"))
+    torch.testing.assert_close(policy.predict_chunk(_images(2), ["a", "b"])[..., 6], plain[..., 6])

@@ -91,6 +91,11 @@ class _QwenVLBackbone(VLABackbone):
         }
 
     @classmethod
+    def _tiny_special_ids(cls, tokenizer: Any) -> dict[str, int]:
+        # Qwen has no BOS; the config validator wants an id inside the (tiny) vocabulary.
+        return {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.pad_token_id}
+
+    @classmethod
     def tiny_image_processor(cls) -> Any:
         return Qwen2VLImageProcessorPil(patch_size=cls.tiny_patch_size, merge_size=2, temporal_patch_size=2)
 
@@ -120,6 +125,7 @@ class Qwen2_5_VLBackbone(_QwenVLBackbone):
             "tie_word_embeddings": tie,
             # mrope_section must sum to head_dim / 2.
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            **cls._tiny_special_ids(tokenizer),
         }
         vision = {
             "depth": 2,
@@ -166,6 +172,7 @@ class _Qwen3VLFamily(_QwenVLBackbone):
                 "mrope_section": [2, 3, 3],
                 "mrope_interleaved": True,
             },
+            **cls._tiny_special_ids(tokenizer),
         }
 
     @classmethod

@@ -1,16 +1,30 @@
-"""The ``vlm4vla`` command: the library's subcommands in one entry point."""
+"""The ``vlm4vla`` command: LightningCLI subcommands and the library's own, in one entry point.
+
+* ``vlm4vla fit|validate|test --config recipe.yaml [--trainer.max_steps=100 …]`` — LightningCLI;
+* ``vlm4vla params`` — parameter counts (the paper's Table 9) and memory estimates;
+* ``vlm4vla stats`` — action statistics of a dataset (cached next to the data);
+* ``vlm4vla export CKPT OUT`` — a policy bundle from a Lightning checkpoint.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from vlm4vla.cli import params
+from vlm4vla.cli import export, params
 
 # name → (module with add_arguments(parser) and run(args) -> int, one-line help)
 SUBCOMMANDS = {
     "params": (params, "parameter counts of a preset built on the meta device (the paper's Table 9)"),
+    "export": (export, "write the policy bundle of an existing Lightning checkpoint"),
+}
+STATS_HELP = "compute and cache the action statistics of a dataset"
+LIGHTNING_HELP = {
+    "fit": "train from a recipe (LightningCLI)",
+    "validate": "validate a checkpoint on a recipe's validation data (LightningCLI)",
+    "test": "test a checkpoint (LightningCLI)",
 }
 
 
@@ -19,20 +33,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vlm4vla", description="Turn Hugging Face VLMs into VLA policies and benchmark them (VLM4VLA)."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in LIGHTNING_HELP.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, (module, help_text) in SUBCOMMANDS.items():
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    sub.add_parser("stats", help=STATS_HELP, add_help=False)
     return parser
 
 
+def _fail(command: str, err: BaseException) -> int:
+    if os.environ.get("VLM4VLA_DEBUG"):
+        raise err
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"vlm4vla {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_HELP:
+        from vlm4vla.cli import fit
+        from vlm4vla.data.formats.base import DatasetFormatError
+        from vlm4vla.policy.bundle import BundleError
+
+        try:
+            return fit.run(argv)
+        except (ValueError, FileNotFoundError, DatasetFormatError, BundleError) as err:
+            return _fail(argv[0], err)
+    if argv and argv[0] == "stats":
+        from vlm4vla.data import stats
+
+        return stats.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     module, _ = SUBCOMMANDS[args.command]
     try:
         return module.run(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"vlm4vla {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args.command, err)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,12 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, images: ImagesLike, instructions: Sequence[str]) -> torch.Tensor:
-        """(B, N, 7) actions in the dataset's units: arm de-normalised, gripper binarised to {0, 1}.
+        """(B, N, 7) actions in the dataset's units.
+
+        The arm is de-normalised with the policy's normaliser; the gripper is binarised and, when
+        the normaliser carries the dataset's gripper convention, mapped to it (−1/+1 for CALVIN
+        and LIBERO, 0/1 for Bridge); without a normaliser it is {0, 1} (1 = the positive class
+        of the training target).
 
         Always runs in eval mode (no dropout), so the same inputs give the same actions.
         """
@@ -123,8 +128,11 @@ class VLAPolicy(nn.Module):
         gripper = (torch.sigmoid(gripper_logits.float()) > 0.5).float()
         actions = torch.cat([arm.float(), gripper.unsqueeze(-1)], dim=-1)
         if self.normalizer is not None:
-            restored = self.normalizer.denormalize(actions.cpu().numpy())
-            actions = torch.as_tensor(np.asarray(restored), dtype=torch.float32)
+            restored = np.array(self.normalizer.denormalize(actions.cpu().numpy()), dtype=np.float32)
+            gripper_convention = getattr(self.normalizer, "gripper", None)
+            if gripper_convention is not None:
+                restored[..., 6] = gripper_convention.to_env(restored[..., 6])
+            actions = torch.from_numpy(restored)
         return actions.cpu()
 
     # ------------------------------------------------------------------ bundles

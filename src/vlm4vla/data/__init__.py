@@ -1,0 +1,41 @@
+"""Datasets, datamodules, action normalisation and collation.
+
+Datamodules (LightningDataModules): :class:`CalvinDataModule`, :class:`LiberoDataModule`,
+:class:`BridgeDataModule`. Attributes are imported lazily so ``import vlm4vla.data`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CalvinDataModule": "vlm4vla.data.calvin",
+    "LiberoDataModule": "vlm4vla.data.libero",
+    "libero_image_to_upright": "vlm4vla.data.libero",
+    "BridgeDataModule": "vlm4vla.data.bridge",
+    "VLADataModule": "vlm4vla.data.datamodule",
+    "EpisodeDataModule": "vlm4vla.data.datamodule",
+    "VLACollator": "vlm4vla.data.collate",
+    "ActionNormalizer": "vlm4vla.data.normalization",
+    "GripperConvention": "vlm4vla.data.normalization",
+    "QuantileNormalizer": "vlm4vla.data.normalization",
+    "RangeNormalizer": "vlm4vla.data.normalization",
+    "calvin_normalizer": "vlm4vla.data.normalization",
+    "normalizer_from_dict": "vlm4vla.data.normalization",
+    "compute_stats": "vlm4vla.data.stats",
+    "DatasetFormatError": "vlm4vla.data.formats.base",
+    "EpisodeReader": "vlm4vla.data.formats.base",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vlm4vla.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

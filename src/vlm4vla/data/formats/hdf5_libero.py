@@ -1,0 +1,203 @@
+"""LIBERO original HDF5 reader (``libero_10/<TASK>_demo.hdf5``, one file per task).
+
+Layout (``datasets.md``): ``data`` group with the ``problem_info`` JSON attribute (holding
+``language_instruction``), and ``data/demo_{i}`` groups with ``actions`` (T, 7) and
+``obs/agentview_rgb`` / ``obs/eye_in_hand_rgb`` (T, 128, 128, 3) uint8 stored upside down.
+
+:meth:`LiberoHDF5Reader.frame` returns the image *as stored* (rotated 180°); the LIBERO
+datamodule turns it upright. Files are opened lazily, once per process: handles are dropped
+when the reader is pickled into a DataLoader worker and reopened there on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vlm4vla.data.formats.base import DatasetFormatError, check_actions
+
+LIBERO_IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _demo_number(name: str) -> tuple[int, str]:
+    match = re.fullmatch(r"demo_(\d+)", name)
+    return (int(match.group(1)), name) if match else (1 << 62, name)
+
+
+def _decode_attr(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO" and value.size == 1:
+        return _decode_attr(value.reshape(-1)[0])
+    return str(value)
+
+
+def list_hdf5_files(root: str | Path) -> list[Path]:
+    """The ``*.hdf5`` files of a LIBERO suite directory (or ``[root]`` for a single file)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DatasetFormatError(f"{root}: LIBERO HDF5 directory not found")
+    files = sorted(p for p in root.glob("*.hdf5") if p.is_file())
+    if not files:
+        raise DatasetFormatError(f"{root}: no *.hdf5 files found")
+    return files
+
+
+class LiberoHDF5Reader:
+    """:class:`~vlm4vla.data.formats.base.EpisodeReader` over LIBERO HDF5 demo files.
+
+    Episodes are numbered file by file (files sorted by name) and, inside a file, by demo
+    number (``demo_0, demo_1, …, demo_10``).
+    """
+
+    #: LIBERO records camera images upside down; datamodules rotate them by 180° to upright.
+    stored_rotated_180 = True
+
+    def __init__(self, root: str | Path, *, image_key: str = "agentview_rgb") -> None:
+        self.root = Path(root)
+        self.image_key = image_key
+        self.files = list_hdf5_files(self.root)
+        self._instructions: list[str] = []
+        # (file position, demo group name, length) per episode
+        self._episodes: list[tuple[int, str, int]] = []
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+        for file_pos, path in enumerate(self.files):
+            self._scan(file_pos, path)
+        self.close()
+
+    # -- indexing ---------------------------------------------------------------------------
+    def _scan(self, file_pos: int, path: Path) -> None:
+        handle = self._file(file_pos)
+        if "data" not in handle:
+            raise DatasetFormatError(f"{path}: missing group 'data'")
+        data = handle["data"]
+        if "problem_info" not in data.attrs:
+            raise DatasetFormatError(f"{path}: missing field 'data.attrs[problem_info]'")
+        try:
+            info = json.loads(_decode_attr(data.attrs["problem_info"]))
+            instruction = info["language_instruction"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DatasetFormatError(
+                f"{path}: field 'data.attrs[problem_info]' has no JSON 'language_instruction' ({_one_line(err)})"
+            ) from err
+        if isinstance(instruction, (list, tuple)):
+            instruction = " ".join(str(w) for w in instruction)
+        self._instructions.append(str(instruction).strip())
+        demos = sorted((k for k in data if k.startswith("demo")), key=_demo_number)
+        if not demos:
+            raise DatasetFormatError(f"{path}: group 'data' has no demo_* groups")
+        for demo in demos:
+            group = data[demo]
+            for field in ("actions", f"obs/{self.image_key}"):
+                if field not in group:
+                    raise DatasetFormatError(f"{path}: missing field 'data/{demo}/{field}'")
+            actions, images = group["actions"], group[f"obs/{self.image_key}"]
+            if actions.ndim != 2 or actions.shape[1] != 7:
+                raise DatasetFormatError(
+                    f"{path}: field 'data/{demo}/actions' has shape {actions.shape}, expected (T, 7)"
+                )
+            if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+                raise DatasetFormatError(
+                    f"{path}: field 'data/{demo}/obs/{self.image_key}' is {images.dtype} {images.shape}, "
+                    "expected uint8 (T, H, W, 3)"
+                )
+            if images.shape[0] != actions.shape[0]:
+                raise DatasetFormatError(
+                    f"{path}: field 'data/{demo}/obs/{self.image_key}' has {images.shape[0]} frames but "
+                    f"'data/{demo}/actions' has {actions.shape[0]}"
+                )
+            self._episodes.append((file_pos, demo, int(actions.shape[0])))
+
+    def _file(self, file_pos: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked: never share HDF5 handles across processes
+            self._handles = {}
+            self._pid = os.getpid()
+        handle = self._handles.get(file_pos)
+        if handle is None:
+            path = self.files[file_pos]
+            try:
+                handle = h5py.File(path, "r")
+            except FileNotFoundError as err:
+                raise DatasetFormatError(f"{path}: HDF5 file not found") from err
+            except OSError as err:
+                raise DatasetFormatError(f"{path}: cannot open HDF5 file: {_one_line(err)}") from err
+            self._handles[file_pos] = handle
+        return handle
+
+    def close(self) -> None:
+        """Close the open files of this process (they reopen lazily)."""
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                handle.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    # -- EpisodeReader --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+    def _episode(self, episode: int) -> tuple[int, str, int]:
+        if not 0 <= episode < len(self._episodes):
+            raise IndexError(f"episode {episode} out of range [0, {len(self._episodes)})")
+        return self._episodes[episode]
+
+    def episode_length(self, episode: int) -> int:
+        return self._episode(episode)[2]
+
+    def instruction(self, episode: int) -> str:
+        return self._instructions[self._episode(episode)[0]]
+
+    def episode_source(self, episode: int) -> str:
+        file_pos, demo, _ = self._episode(episode)
+        return f"{self.files[file_pos]}:data/{demo}"
+
+    def _read(self, episode: int, field: str, index: Any = ()) -> np.ndarray:
+        file_pos, demo, _ = self._episode(episode)
+        try:
+            return self._file(file_pos)["data"][demo][field][index]
+        except DatasetFormatError:
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            raise DatasetFormatError(
+                f"{self.files[file_pos]}: cannot read field 'data/{demo}/{field}': {_one_line(err)}"
+            ) from err
+
+    def actions(self, episode: int) -> np.ndarray:
+        file_pos, demo, _ = self._episode(episode)
+        return check_actions(
+            self._read(episode, "actions"), str(self.files[file_pos]), f"data/{demo}/actions"
+        )
+
+    def frame(self, episode: int, step: int) -> np.ndarray:
+        """``obs/<image_key>[step]`` as stored (upside down), uint8 (H, W, 3)."""
+        length = self.episode_length(episode)
+        if not 0 <= step < length:
+            raise IndexError(f"step {step} out of range [0, {length}) in {self.episode_source(episode)}")
+        return self._read(episode, f"obs/{self.image_key}", int(step))
+
+    def __repr__(self) -> str:
+        return f"LiberoHDF5Reader({str(self.root)!r}, episodes={len(self)}, image_key={self.image_key!r})"
+
+
+__all__ = ["LIBERO_IMAGE_KEYS", "LiberoHDF5Reader", "list_hdf5_files"]

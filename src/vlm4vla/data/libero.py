@@ -1,0 +1,84 @@
+"""LIBERO-10 datamodule: original HDF5 demos, LeRobot ports or RLDS (``libero_10_no_noops``).
+
+Image orientation convention
+----------------------------
+Samples carry the third-person image **upright**. LIBERO's simulator renders
+``agentview_image`` upside down and the original HDF5 demos store ``obs/agentview_rgb`` the
+same way, so for the ``hdf5`` format every frame is rotated by 180° (flipped vertically and
+horizontally) with :func:`libero_image_to_upright` (readers say so with their
+``stored_rotated_180`` attribute). The LIBERO evaluator must call the same
+function on ``obs["agentview_image"]`` before querying the policy. The RLDS and LeRobot ports
+already store upright images (rotated 180° relative to the HDF5), so they are used as stored;
+``rotate_180=True/False`` overrides the per-format default.
+
+Actions: 6 delta end-effector dims normalised with the training split's q01/q99 (cached in
+``vlm4vla_stats.json`` next to the data), gripper -1 (open) / +1 (close) → 0 / 1. Splits: by
+episode with ``split_seed`` (``val_fraction`` of the episodes held out), or the RLDS ``val``
+split when the dataset has one. Training images get a seeded random-resized-crop (scale 0.9),
+validation none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm4vla.data.datamodule import EpisodeDataModule
+from vlm4vla.data.formats.base import EpisodeReader
+from vlm4vla.data.normalization import GripperConvention
+from vlm4vla.data.transforms import ImageTransform, RandomResizedCrop, rotate_180
+
+LIBERO_FORMATS = ("hdf5", "lerobot", "rlds")
+
+
+def libero_image_to_upright(image: np.ndarray) -> np.ndarray:
+    """LIBERO simulator / HDF5 camera image → the upright orientation the policy is trained on."""
+    return rotate_180(image)
+
+
+class LiberoDataModule(EpisodeDataModule):
+    """LIBERO (any suite; the paper uses LIBERO-10).
+
+    Args:
+        root: a directory of ``*_demo.hdf5`` files, a LeRobot dataset root (``meta/info.json``)
+            or an RLDS directory (``features.json`` + tfrecords, or its parent).
+        format: ``"hdf5"``, ``"lerobot"`` or ``"rlds"``; detected from the files when None.
+        image_key: camera to use (defaults: ``agentview_rgb`` for HDF5, ``image`` for RLDS, the
+            reader's default for LeRobot).
+        rotate_180: override the per-format orientation fix (see the module docstring).
+        crop_scale: random-resized-crop area fraction for training augmentation.
+        chunk_size: N (paper: 4). Other arguments: see
+            :class:`~vlm4vla.data.datamodule.EpisodeDataModule` and
+            :class:`~vlm4vla.data.datamodule.VLADataModule`.
+    """
+
+    dataset_name = "libero"
+    formats = LIBERO_FORMATS
+    gripper = GripperConvention("signed")
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        chunk_size: int = 4,
+        rotate_180: bool | None = None,
+        crop_scale: float = 0.9,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, chunk_size=chunk_size, **kwargs)
+        self.rotate_180 = rotate_180
+        self.crop_scale = float(crop_scale)
+
+    def default_image_key(self, fmt: str) -> str | None:
+        return {"hdf5": "agentview_rgb", "rlds": "image"}.get(fmt)
+
+    def rotate_images(self, reader: EpisodeReader) -> bool:
+        return super().rotate_images(reader) if self.rotate_180 is None else bool(self.rotate_180)
+
+    def train_transform(self) -> ImageTransform | None:
+        return RandomResizedCrop(self.crop_scale)
+
+
+__all__ = ["LIBERO_FORMATS", "LiberoDataModule", "libero_image_to_upright"]

@@ -1,0 +1,131 @@
+"""Action statistics: compute once, cache next to the data, print (``vlm4vla stats``).
+
+``main(argv)`` is the body of the ``vlm4vla stats`` sub-command::
+
+    vlm4vla stats {calvin,libero,bridge} ROOT [--format F] [--image-key K]
+                  [--val-fraction 0.05] [--split-seed 0] [--cache-dir DIR] [--output FILE]
+
+It builds the datamodule's cached action index and statistics (exactly what training would
+compute) and prints the normaliser as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vlm4vla.data.datamodule import VLADataModule, build_episode_index
+from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader
+from vlm4vla.data.formats.npz_calvin import CalvinReader
+from vlm4vla.data.normalization import ActionNormalizer, GripperConvention, QuantileNormalizer
+
+DATASETS = ("calvin", "libero", "bridge")
+
+
+def compute_stats(
+    source: VLADataModule | EpisodeReader | CalvinReader, *, gripper: GripperConvention | None = None
+) -> ActionNormalizer:
+    """The normaliser of a datamodule (built or loaded from its cache, as training would), or
+    a :class:`QuantileNormalizer` over every action of a reader (all episodes; for a CALVIN
+    reader, the ``rel_actions`` of every annotated frame). Non-finite actions are left out."""
+    if isinstance(source, VLADataModule):
+        source.prepare_data()
+        return source.normalizer
+    if isinstance(source, CalvinReader):
+        raw = source.read_rel_actions(source.window_frames())
+        gripper = gripper or GripperConvention("signed")
+    elif isinstance(source, EpisodeReader):
+        raw = build_episode_index(source)["actions"]
+    else:
+        raise TypeError(f"compute_stats needs a datamodule or a reader, got {type(source).__name__}")
+    raw = raw[np.isfinite(raw).all(axis=1)]
+    if len(raw) == 0:
+        raise DatasetFormatError(f"{source.root}: no finite actions to compute statistics from")
+    return QuantileNormalizer.from_actions(raw, gripper=gripper)
+
+
+def build_datamodule(
+    dataset: str,
+    root: str | Path,
+    *,
+    format: str | None = None,
+    image_key: str | None = None,
+    val_fraction: float = 0.05,
+    split_seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> VLADataModule:
+    """The datamodule ``vlm4vla stats`` works on (no workers: index building is I/O bound)."""
+    if dataset == "calvin":
+        from vlm4vla.data.calvin import CalvinDataModule
+
+        return CalvinDataModule(
+            root, num_workers=0, cache_dir=cache_dir, **({"image_key": image_key} if image_key else {})
+        )
+    if dataset == "libero":
+        from vlm4vla.data.libero import LiberoDataModule as Module
+    elif dataset == "bridge":
+        from vlm4vla.data.bridge import BridgeDataModule as Module  # type: ignore[assignment]
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    return Module(
+        root,
+        format=format,
+        image_key=image_key,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        num_workers=0,
+        cache_dir=cache_dir,
+    )
+
+
+def make_parser(prog: str = "vlm4vla stats") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Compute and cache action statistics of a dataset."
+    )
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("root", type=Path, help="dataset directory")
+    parser.add_argument("--format", choices=("hdf5", "lerobot", "rlds"), default=None, help="default: detect")
+    parser.add_argument("--image-key", default=None)
+    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: next to the data")
+    parser.add_argument("--output", type=Path, default=None, help="also write the normaliser JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``vlm4vla stats``; returns the exit code (0 ok, 2 bad dataset)."""
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        datamodule = build_datamodule(
+            args.dataset,
+            args.root,
+            format=args.format,
+            image_key=args.image_key,
+            val_fraction=args.val_fraction,
+            split_seed=args.split_seed,
+            cache_dir=args.cache_dir,
+        )
+        normalizer = compute_stats(datamodule)
+    except DatasetFormatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(normalizer.to_dict(), indent=2)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["DATASETS", "build_datamodule", "compute_stats", "main", "make_parser"]

@@ -1,0 +1,467 @@
+"""Per-GPU memory estimate of a recipe under FSDP2 (``vlm4vla params --memory``).
+
+This is an **estimate**, not a measurement. It adds up what FSDP2 (``fully_shard`` per
+decoder layer and vision block, see `vlm4vla.training.strategies`) keeps on each GPU:
+
+* **parameters** — the sharded master copy of every parameter (frozen ones too) in the
+  trainer's precision (fp32 for ``32-true``), divided by the data-parallel size;
+* **gradients** — sharded, in the master dtype, trainable parameters only;
+* **optimizer** — AdamW's two moments (``exp_avg``, ``exp_avg_sq``) in the master dtype,
+  trainable parameters only, sharded;
+* **unsharded layer** — the all-gathered copy of the largest FSDP unit (decoder layer or
+  vision block) in the compute dtype (``model.fsdp_param_dtype``, bf16), ×2 because the next
+  unit is prefetched while the current one runs;
+* **unsharded root** — the root unit (embeddings, an untied LM head, projector, ActionQuery,
+  head: everything outside the layers and blocks). FSDP2 does not reshard the root after
+  forward, so its gathered copy stays resident from the forward to the backward pass;
+* **activations** — per micro-batch, from the sequence lengths below.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", no tensor/sequence parallelism), for 16-bit activations::
+
+    per layer, per sample:  34·s·h + 5·a·s²  bytes
+
+with ``s`` tokens, hidden size ``h`` and ``a`` attention heads (``5·a·s²`` are the stored
+attention scores, softmax output and dropout mask). It is scaled by ``compute bytes / 2`` for
+fp32 compute. With activation checkpointing only each layer's input is kept
+(``2·s·h`` bytes per layer and sample) plus one layer's full activations during its
+recomputation. The vision tower is counted only when some of its parameters are trainable
+(a frozen tower — LoRA, ``freeze_vision_encoder`` — keeps no activations for backward).
+
+Sequence lengths come from each family's processor arithmetic at the recipe's ``image_size``
+(images are resized to ``image_size``² before the processor):
+
+* Qwen2.5-VL / Qwen3-VL — the processor's ``smart_resize`` to a multiple of
+  ``patch × merge`` (28 / 32) within its pixel budget (the released processors' budgets:
+  Qwen2.5-VL ≥ 56², Qwen3-VL ≥ 256², so a 224² image becomes 256² for Qwen3-VL); the vision
+  tower sees ``(side / patch)²`` patches, the language model ``(side / (patch·merge))²``;
+* PaliGemma — the processor resizes to the vision config's ``image_size`` (224):
+  ``(224 / 14)² = 256`` tokens in both towers;
+* Kosmos-2 — 64 latent image slots in the language model; ``(224 / 14)² + 1`` in CLIP;
+
+plus ``text_tokens`` (default 40: prompt template, instruction and ActionQuery).
+
+Not included: the CUDA context and NCCL buffers (~1 GB), allocator fragmentation, the
+transient fp32 gradient buffers of the unit being reduce-scattered, the dataloader's pinned
+memory, and attention kernels that store less than ``5·a·s²`` (FlashAttention / SDPA store no
+scores — pass ``attention_scores=False`` to drop that term). Sizes are in GiB (2³⁰ bytes).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlm4vla.training.recipes import RECIPES_DIR, RecipeError, load_recipe
+
+GIB = 2**30
+DEFAULT_TEXT_TOKENS = 40
+A100_80GB = 80.0
+
+_DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+# Lightning ``trainer.precision`` → dtype of the parameters the optimizer updates.
+_MASTER_DTYPE = {
+    "64": "float64", "64-true": "float64",
+    "32": "float32", "32-true": "float32",
+    "bf16-mixed": "float32", "16-mixed": "float32",
+    "bf16-true": "bfloat16", "bf16": "bfloat16",
+    "16-true": "float16", "16": "float16",
+}
+# Lightning ``trainer.precision`` → dtype the forward runs in when FSDP2 does not set one.
+_COMPUTE_DTYPE = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
+# (min_pixels, max_pixels) of the released Qwen processors (preprocessor_config.json):
+# Qwen2.5-VL ``min_pixels``/``max_pixels``, Qwen3-VL ``size.shortest_edge``/``longest_edge``.
+_QWEN_PIXEL_BUDGET = {
+    "qwen2.5-vl": (56 * 56, 12_845_056),
+    "qwen3-vl": (65_536, 16_777_216),
+    "qwen3-vl-moe": (65_536, 16_777_216),
+}
+_SHARDED_STRATEGIES = ("ModelParallelStrategy", "FSDPStrategy")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated per-GPU training memory of one recipe (GiB); see the module docstring."""
+
+    recipe: str
+    backbone: str
+    # inputs
+    world_size: int
+    sharded: bool
+    micro_batch: int
+    sequence_length: int
+    vision_tokens: int
+    master_dtype: str
+    compute_dtype: str
+    activation_checkpointing: bool
+    attention_scores: bool
+    total_params: int
+    trainable_params: int
+    largest_unit_params: int
+    root_params: int
+    # estimate
+    params_gb: float
+    grads_gb: float
+    optimizer_gb: float
+    unsharded_layer_gb: float
+    unsharded_root_gb: float
+    activations_gb: float
+    total_gb: float
+    gpu_memory_gb: float = A100_80GB
+
+    @property
+    def unsharded_gb(self) -> float:
+        """All gathered (unsharded) parameter copies: two layers in flight plus the root."""
+        return self.unsharded_layer_gb + self.unsharded_root_gb
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gb <= self.gpu_memory_gb
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "unsharded_gb": self.unsharded_gb, "fits": self.fits}
+
+
+@dataclass(frozen=True)
+class _Tower:
+    layers: int
+    hidden: int
+    heads: int
+    tokens: int
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """What the estimate needs from the policy: exact counts and the towers' shapes."""
+
+    backbone: str
+    total_params: int
+    trainable_params: int
+    largest_unit_params: int
+    root_params: int
+    language: _Tower
+    vision: _Tower
+
+
+# ---------------------------------------------------------------------- tokens
+def _size_value(size: Any, key: str) -> int | None:
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def _qwen_pixel_budget(backbone) -> tuple[int, int]:
+    processor = getattr(backbone, "processor", None)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
+        size = image_processor.size
+        low = getattr(image_processor, "min_pixels", None) or _size_value(size, "shortest_edge")
+        high = getattr(image_processor, "max_pixels", None) or _size_value(size, "longest_edge")
+        if low and high:
+            return int(low), int(high)
+    return _QWEN_PIXEL_BUDGET[backbone.name]
+
+
+def _smart_resize(side: int, factor: int, min_pixels: int, max_pixels: int) -> int:
+    """Qwen2-VL's ``smart_resize`` for a square image: the processed side length."""
+    resized = max(factor, round(side / factor) * factor)
+    if resized * resized > max_pixels:
+        resized = max(factor, math.floor(side / math.sqrt(side * side / max_pixels) / factor) * factor)
+    elif resized * resized < min_pixels:
+        resized = math.ceil(side * math.sqrt(min_pixels / (side * side)) / factor) * factor
+    return resized
+
+
+def image_tokens(backbone, image_size: int) -> tuple[int, int]:
+    """(language-model image tokens, vision-tower tokens) per image for a backbone.
+
+    ``image_size`` is the side the backbone resizes images to before its processor.
+    """
+    vision = backbone.config.vision_config
+    patch = int(vision.patch_size)
+    if backbone.name in _QWEN_PIXEL_BUDGET:
+        merge = int(getattr(vision, "spatial_merge_size", 2))
+        side = _smart_resize(image_size, patch * merge, *_qwen_pixel_budget(backbone))
+        patches = (side // patch) ** 2
+        return patches // (merge * merge), patches
+    if backbone.name == "kosmos-2":
+        patches = (int(vision.image_size) // patch) ** 2 + 1  # + CLS
+        return int(backbone.config.latent_query_num), patches
+    if hasattr(vision, "image_size"):
+        # Fixed-resolution processors (PaliGemma, CLIP-style): resized to the encoder's size.
+        patches = (int(vision.image_size) // patch) ** 2
+        return patches, patches
+    raise ValueError(f"{backbone.name}: cannot derive the number of image tokens from its configuration")
+
+
+# ---------------------------------------------------------------------- model profile
+def _heads(config: Any) -> int:
+    for key in ("num_attention_heads", "attention_heads", "num_heads"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    raise ValueError(f"{type(config).__name__}: no attention-head count in the configuration")
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@functools.lru_cache(maxsize=64)
+def _profile(
+    backbone: str,
+    *,
+    chunk_size: int,
+    prompt_scheme: str | None,
+    image_size: int,
+    freeze_vision_encoder: bool,
+    freeze_word_embeddings: bool,
+    freeze_llm: bool,
+    lora_rank: int,
+    lora_alpha: int | None,
+    text_tokens: int,
+) -> _Profile:
+    from vlm4vla.policy import LoraSettings, VLAPolicy
+    from vlm4vla.training.module import build_backbone
+
+    vla_backbone = build_backbone(
+        backbone, weights="meta", prompt_scheme=prompt_scheme, image_size=image_size
+    )
+    policy = VLAPolicy(vla_backbone, chunk_size=chunk_size)
+    lora = LoraSettings(rank=lora_rank, alpha=lora_alpha or 2 * lora_rank) if lora_rank else None
+    # peft builds its adapters on the default device: keep them on meta too (no memory, fast).
+    with torch.device("meta"):
+        policy.configure_training(
+            freeze_vision_encoder=freeze_vision_encoder,
+            freeze_word_embeddings=freeze_word_embeddings,
+            freeze_llm=freeze_llm,
+            lora=lora,
+        )
+    layers, blocks = vla_backbone.decoder_layers, vla_backbone.vision_blocks
+    in_units = {id(p) for unit in (*layers, *blocks) for p in unit.parameters()}
+    total = sum(p.numel() for p in policy.parameters())
+    llm_image, vision_tokens = image_tokens(vla_backbone, image_size)
+    config = vla_backbone.config
+    return _Profile(
+        backbone=backbone,
+        total_params=total,
+        trainable_params=policy.num_trainable_parameters(),
+        largest_unit_params=max((_numel(unit) for unit in (*layers, *blocks)), default=0),
+        root_params=sum(p.numel() for p in policy.parameters() if id(p) not in in_units),
+        language=_Tower(
+            layers=len(layers),
+            hidden=vla_backbone.hidden_size,
+            heads=_heads(config.get_text_config()),
+            tokens=llm_image + text_tokens,
+            trainable=True,  # the head's gradient always flows through the language model
+        ),
+        vision=_Tower(
+            layers=len(blocks),
+            hidden=int(config.vision_config.hidden_size),
+            heads=_heads(config.vision_config),
+            tokens=vision_tokens,
+            trainable=any(p.requires_grad for p in vla_backbone.vision_encoder.parameters()),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------- activations
+def layer_activation_bytes(tokens: int, hidden: int, heads: int, *, attention_scores: bool = True) -> int:
+    """Korthikanti et al. 2022: ``34·s·h + 5·a·s²`` bytes per layer and sample (16-bit)."""
+    return 34 * tokens * hidden + (5 * heads * tokens * tokens if attention_scores else 0)
+
+
+def activation_bytes(
+    towers: tuple[_Tower, ...],
+    *,
+    micro_batch: int,
+    checkpointing: bool,
+    attention_scores: bool,
+    compute_bytes: int,
+) -> float:
+    """Stored activations of one micro-batch across the trainable towers."""
+    live = [t for t in towers if t.trainable and t.layers]
+    full = [
+        layer_activation_bytes(t.tokens, t.hidden, t.heads, attention_scores=attention_scores) for t in live
+    ]
+    if checkpointing:
+        per_sample = sum(t.layers * 2 * t.tokens * t.hidden for t in live) + max(full, default=0)
+    else:
+        per_sample = sum(t.layers * f for t, f in zip(live, full))
+    return micro_batch * per_sample * compute_bytes / 2
+
+
+# ---------------------------------------------------------------------- recipe fields
+def _module_defaults() -> dict[str, Any]:
+    from vlm4vla.training.module import VLAModule
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(VLAModule.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _section(recipe: dict[str, Any], key: str) -> dict[str, Any]:
+    section = recipe.get(key) or {}
+    if not isinstance(section, dict):
+        raise RecipeError(f"recipe: '{key}' must be a mapping, got {type(section).__name__}")
+    return dict(section.get("init_args", section)) if "class_path" in section else dict(section)
+
+
+def _device_count(devices: Any) -> int | None:
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return devices if devices > 0 else None
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text.lstrip("-").isdigit():
+            return _device_count(int(text))
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+    return None
+
+
+def _world_size(trainer: dict[str, Any], gpus: int | None) -> int:
+    if gpus is not None:
+        if gpus < 1:
+            raise ValueError(f"gpus: expected a positive integer, got {gpus}")
+        return int(gpus)
+    devices = _device_count(trainer.get("devices", 1))
+    if devices is None:
+        raise ValueError(f"trainer.devices is {trainer.get('devices')!r}; pass the number of GPUs (gpus=…)")
+    return devices * int(trainer.get("num_nodes", 1) or 1)
+
+
+def _is_sharded(trainer: dict[str, Any]) -> bool:
+    strategy = trainer.get("strategy", "auto")
+    name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
+    return name.rsplit(".", 1)[-1] in _SHARDED_STRATEGIES or name.lower().startswith("fsdp")
+
+
+def _dtype_name(value: Any, what: str) -> str:
+    name = str(value).removeprefix("torch.")
+    if name not in _DTYPE_BYTES:
+        raise ValueError(f"{what}: expected one of {sorted(_DTYPE_BYTES)}, got {value!r}")
+    return name
+
+
+def recipe_label(path: str | os.PathLike) -> str:
+    """``calvin/qwen3-vl-2b`` for a file under ``recipes/``; the path as given otherwise."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(RECIPES_DIR).with_suffix("").as_posix()
+    except ValueError:
+        return os.fspath(path)
+
+
+# ---------------------------------------------------------------------- estimate
+def estimate_memory(
+    recipe: dict[str, Any] | str | os.PathLike,
+    *,
+    gpus: int | None = None,
+    name: str | None = None,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    attention_scores: bool = True,
+    gpu_memory_gb: float = A100_80GB,
+) -> MemoryEstimate:
+    """Estimated per-GPU memory of training ``recipe`` (a loaded recipe or a recipe path).
+
+    Args:
+        recipe: the mapping `load_recipe` returns, or a path to a recipe file.
+        gpus: total GPUs (overrides ``trainer.devices × trainer.num_nodes``).
+        name: label of the estimate (default: the recipe path, or the backbone name).
+        text_tokens: prompt and instruction tokens added to the image tokens.
+        attention_scores: count the ``5·a·s²`` attention-score term (False for fused
+            attention kernels that do not store the scores).
+        gpu_memory_gb: capacity ``fits`` compares against (A100-80GB by default).
+    """
+    if not isinstance(recipe, dict):
+        name = name or recipe_label(recipe)
+        recipe = load_recipe(recipe)
+    model = {**_module_defaults(), **_section(recipe, "model")}
+    trainer = _section(recipe, "trainer")
+    data = _section(recipe, "data")
+
+    world = _world_size(trainer, gpus)
+    sharded = _is_sharded(trainer)
+    shards = world if sharded else 1
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in _MASTER_DTYPE:
+        raise ValueError(
+            f"trainer.precision: cannot size {precision!r}; expected one of {sorted(_MASTER_DTYPE)}"
+        )
+    master = _MASTER_DTYPE[precision]
+    fsdp_dtype = model.get("fsdp_param_dtype")
+    if sharded and fsdp_dtype is not None:
+        compute = _dtype_name(fsdp_dtype, "model.fsdp_param_dtype")
+    else:
+        compute = _COMPUTE_DTYPE.get(precision, master)
+    micro_batch = int(data.get("batch_size", 1))
+    if micro_batch < 1:
+        raise ValueError(f"data.batch_size: expected a positive integer, got {micro_batch}")
+
+    profile = _profile(
+        str(model["backbone"]),
+        chunk_size=int(model["chunk_size"]),
+        prompt_scheme=model.get("prompt_scheme"),
+        image_size=int(model["image_size"]),
+        freeze_vision_encoder=bool(model["freeze_vision_encoder"]),
+        freeze_word_embeddings=bool(model["freeze_word_embeddings"]),
+        freeze_llm=bool(model["freeze_llm"]),
+        lora_rank=int(model["lora_rank"] or 0),
+        lora_alpha=model.get("lora_alpha"),
+        text_tokens=int(text_tokens),
+    )
+    master_bytes, compute_bytes = _DTYPE_BYTES[master], _DTYPE_BYTES[compute]
+    checkpointing = bool(model["activation_checkpointing"])
+
+    params = profile.total_params * master_bytes / shards
+    grads = profile.trainable_params * master_bytes / shards
+    optimizer = 2 * profile.trainable_params * master_bytes / shards
+    # Without sharding nothing is gathered; under FSDP2 two units are in flight (prefetch).
+    unsharded_layer = 2 * profile.largest_unit_params * compute_bytes if sharded else 0.0
+    unsharded_root = profile.root_params * compute_bytes if sharded else 0.0
+    activations = activation_bytes(
+        (profile.language, profile.vision), micro_batch=micro_batch, checkpointing=checkpointing,
+        attention_scores=attention_scores, compute_bytes=compute_bytes,
+    )
+    parts = [x / GIB for x in (params, grads, optimizer, unsharded_layer, unsharded_root, activations)]
+    return MemoryEstimate(
+        recipe=name or profile.backbone,
+        backbone=profile.backbone,
+        world_size=world,
+        sharded=sharded,
+        micro_batch=micro_batch,
+        sequence_length=profile.language.tokens,
+        vision_tokens=profile.vision.tokens,
+        master_dtype=master,
+        compute_dtype=compute,
+        activation_checkpointing=checkpointing,
+        attention_scores=attention_scores,
+        total_params=profile.total_params,
+        trainable_params=profile.trainable_params,
+        largest_unit_params=profile.largest_unit_params,
+        root_params=profile.root_params,
+        params_gb=parts[0],
+        grads_gb=parts[1],
+        optimizer_gb=parts[2],
+        unsharded_layer_gb=parts[3],
+        unsharded_root_gb=parts[4],
+        activations_gb=parts[5],
+        total_gb=sum(parts),
+        gpu_memory_gb=gpu_memory_gb,
+    )
+
+
+__all__ = ["MemoryEstimate", "estimate_memory", "image_tokens", "layer_activation_bytes", "recipe_label"]

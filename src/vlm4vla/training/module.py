@@ -1,0 +1,256 @@
+"""`VLAModule`: the LightningModule that trains a `VLAPolicy`."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from vlm4vla.policy import LoraSettings, VLAPolicy
+
+RNG_KEY = "vlm4vla_rng_states"
+
+
+def build_backbone(
+    backbone: str,
+    *,
+    weights: Literal["pretrained", "random", "meta"] = "pretrained",
+    path: str | None = None,
+    prompt_scheme: str | None = None,
+    image_size: int = 224,
+):
+    """A backbone by preset name (``qwen3-vl-2b`` …) or ``tiny:<family>`` (tiny random model
+    with an in-process tokenizer, for tests and the quickstart)."""
+    from vlm4vla.backbones import get_backbone
+    from vlm4vla.backbones.presets import get_preset
+
+    if backbone.startswith("tiny:"):
+        family, _, variant = backbone.removeprefix("tiny:").partition("/")
+        cls = get_backbone(family)
+        overrides = getattr(cls, "tiny_variants", {}).get(variant, {}) if variant else {}
+        return cls.tiny(prompt_scheme=prompt_scheme, image_size=image_size, **overrides)
+    return get_preset(backbone).build(weights, path=path, prompt_scheme=prompt_scheme, image_size=image_size)
+
+
+class VLAModule(pl.LightningModule):
+    """Trains a `VLAPolicy` (paper-notes §1, §3–4).
+
+    Args:
+        backbone: preset name (``qwen3-vl-2b`` …) or ``tiny:<family>``.
+        weights: ``pretrained`` (default) or ``random`` (train from scratch).
+        backbone_path: a local directory with the VLM weights (e.g. an auxiliary fine-tuned VLM).
+        prompt_scheme / image_size: backbone input options (Qwen long/short; 224/512/768).
+        chunk_size: N, actions predicted per query.
+        gripper_loss_weight: λ of the gripper BCE.
+        freeze_vision_encoder / freeze_word_embeddings / freeze_llm / lora_rank: the paper's
+            training-mode ablations (LoRA off when ``lora_rank`` is 0).
+        lr, weight_decay, betas: AdamW. Norms, biases and the ActionQuery get no weight decay.
+        warmup_steps: linear warm-up; then ``lr_schedule`` = ``constant`` (paper) or ``cosine``
+            (to 10% of ``lr`` at the Trainer's ``max_steps``).
+        activation_checkpointing: recompute decoder-layer activations in the backward pass.
+        fsdp_param_dtype: FSDP2 compute dtype of sharded parameters (gradients are reduced in
+            fp32); only used under ``ModelParallelStrategy``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "qwen3-vl-2b",
+        *,
+        weights: Literal["pretrained", "random"] = "pretrained",
+        backbone_path: str | None = None,
+        prompt_scheme: str | None = None,
+        image_size: int = 224,
+        chunk_size: int = 10,
+        gripper_loss_weight: float = 0.01,
+        freeze_vision_encoder: bool = False,
+        freeze_word_embeddings: bool = False,
+        freeze_llm: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: int | None = None,
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        activation_checkpointing: bool = False,
+        fsdp_param_dtype: Literal["bfloat16", "float32"] | None = "bfloat16",
+    ) -> None:
+        super().__init__()
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: expected ≥ 1, got {chunk_size}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
+        if weights not in ("pretrained", "random"):
+            raise ValueError(f"weights: expected 'pretrained' or 'random', got {weights!r}")
+        self.save_hyperparameters()
+        # Validate names now, so a typo fails before any weights load.
+        if not backbone.startswith("tiny:"):
+            from vlm4vla.backbones.presets import get_preset
+
+            get_preset(backbone)
+        self.policy: VLAPolicy | None = None
+        self._sharded = False
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._step_started: float | None = None
+
+    # ------------------------------------------------------------------ model
+    def build_policy(self, *, weights: Literal["pretrained", "random", "meta"] | None = None) -> VLAPolicy:
+        """Build the policy once (weights loaded, switches applied); later calls return it.
+
+        ``weights="meta"`` builds it on the meta device (sizing, recipe checks).
+        """
+        if self.policy is not None:
+            return self.policy
+        hp = self.hparams
+        backbone = build_backbone(
+            hp.backbone, weights=weights or hp.weights, path=hp.backbone_path, prompt_scheme=hp.prompt_scheme,
+            image_size=hp.image_size,
+        )
+        policy = VLAPolicy(backbone, chunk_size=hp.chunk_size, gripper_loss_weight=hp.gripper_loss_weight)
+        policy.configure_training(
+            freeze_vision_encoder=hp.freeze_vision_encoder,
+            freeze_word_embeddings=hp.freeze_word_embeddings,
+            freeze_llm=hp.freeze_llm,
+            lora=LoraSettings(rank=hp.lora_rank, alpha=hp.lora_alpha or 2 * hp.lora_rank) if hp.lora_rank else None,
+        )
+        if hp.activation_checkpointing:
+            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = policy
+        return policy
+
+    def setup(self, stage: str) -> None:
+        self.build_policy()
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        data_chunk = getattr(datamodule, "chunk_size", None)
+        if data_chunk is not None and data_chunk != self.hparams.chunk_size:
+            raise ValueError(
+                f"chunk_size: the model predicts {self.hparams.chunk_size} actions but the datamodule "
+                f"yields chunks of {data_chunk}; set both to the same value"
+            )
+        if hasattr(datamodule, "set_inputs_fn"):
+            datamodule.set_inputs_fn(self.policy.backbone.input_processor)
+        if getattr(datamodule, "normalizer", None) is not None:
+            self.policy.normalizer = datamodule.normalizer
+
+    def configure_model(self) -> None:
+        """Called by Lightning after ``setup``; under ``ModelParallelStrategy`` shards with FSDP2."""
+        policy = self.build_policy()
+        if self._device_mesh is not None and not self._sharded:
+            from vlm4vla.training.strategies import shard_policy
+
+            shard_policy(policy, self._device_mesh, param_dtype=self.hparams.fsdp_param_dtype)
+            self._sharded = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores model, optimiser, scheduler and loops; the RNG streams (dropout)
+        # are saved here so a resumed run draws the same numbers as an uninterrupted one.
+        checkpoint[RNG_KEY] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        if torch.cuda.is_available():
+            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
+
+    @staticmethod
+    def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+        """Raise if a checkpoint's model (``saved`` hparams) differs from this run's."""
+        for key in ("backbone", "chunk_size", "lora_rank"):
+            if key in saved and key in current and saved[key] != current[key]:
+                raise ValueError(
+                    f"checkpoint: it was trained with {key}={saved[key]!r} but this run uses "
+                    f"{key}={current[key]!r}; resume with the recipe it was trained with"
+                )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another backbone or chunk size before any weight is touched."""
+        self.check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+
+    def _restore_rng(self) -> None:
+        # Restored right before the first resumed step: everything Lightning draws while it
+        # sets the run up must not shift the streams.
+        state, self._rng_to_restore = self._rng_to_restore, None
+        torch.set_rng_state(state["torch"])
+        random.setstate((3, tuple(state["python"]), None))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    # ------------------------------------------------------------------ steps
+    def _shared_step(self, batch: dict[str, Any], prefix: str) -> torch.Tensor:
+        out = self.policy(batch)
+        batch_size = int(batch["actions"].shape[0])
+        on_step = prefix == "train"
+        for key, value in out.items():
+            self.log(f"{prefix}/{key}", value.detach(), batch_size=batch_size, on_step=on_step,
+                     on_epoch=not on_step, prog_bar=key == "loss", sync_dist=not on_step)
+        return out["loss"]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            self._restore_rng()
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")
+        if self._step_started is not None:
+            elapsed = max(time.perf_counter() - self._step_started, 1e-9)
+            self.log("train/samples_per_second", batch["actions"].shape[0] / elapsed, batch_size=1)
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        if optimizers:
+            self.log("train/lr", optimizers[0].param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: weight decay on weight matrices only (not norms, biases, ActionQuery)."""
+        decay, no_decay = [], []
+        norm_ids = {
+            id(p)
+            for m in self.policy.modules()
+            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(m).__name__.lower()
+            for p in m.parameters(recurse=False)
+        }
+        for name, param in self.policy.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim < 2 or id(param) in norm_ids or name.startswith("action_query."):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
+        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
+        schedule = lr_lambda(hp.warmup_steps, hp.lr_schedule, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_lambda(warmup_steps: int, schedule: str, total_steps: int | None):
+    """Multiplier of the base LR at a step: linear warm-up, then constant or cosine to 10%."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine" and total_steps:
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor

@@ -1,0 +1,71 @@
+"""Recipes: LightningCLI YAML files with two additions.
+
+* ``extends: other.yaml`` — the recipe is deep-merged over another one (relative paths are
+  resolved next to the file), so an ablation states only what it changes;
+* ``data_root`` — where datasets live. Relative ``data.init_args.root`` paths are joined to it.
+  ``$VLM4VLA_DATA_ROOT`` overrides it, so one variable points every recipe at a cluster's
+  dataset directory; without either it is ``./data``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_ROOT_ENV = "VLM4VLA_DATA_ROOT"
+RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be read; the message names the file and the key."""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    if path in chain:
+        raise RecipeError(f"{path}: 'extends' forms a cycle ({' -> '.join(map(str, (*chain, path)))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(f"{path}: 'extends' must be a path to another recipe")
+    return deep_merge(_read((path.parent / parent).resolve(), (*chain, path)), data)
+
+
+def load_recipe(path: str | os.PathLike, *, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The recipe at ``path`` with ``extends`` merged and data paths resolved."""
+    environ = os.environ if environ is None else environ
+    recipe = _read(Path(path).resolve(), ())
+    data_root = environ.get(DATA_ROOT_ENV) or recipe.pop("data_root", None) or "data"
+    recipe.pop("data_root", None)
+    init_args = recipe.get("data", {}).get("init_args", {}) if isinstance(recipe.get("data"), dict) else {}
+    root = init_args.get("root")
+    if isinstance(root, str) and not os.path.isabs(root):
+        init_args["root"] = os.path.abspath(os.path.join(data_root, root))
+    return recipe
+
+
+def list_recipes(directory: str | os.PathLike = RECIPES_DIR) -> list[Path]:
+    """Every runnable recipe under ``directory`` (files starting with ``_`` are bases)."""
+    return sorted(p for p in Path(directory).rglob("*.yaml") if not p.name.startswith("_"))

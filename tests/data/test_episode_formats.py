@@ -1,0 +1,129 @@
+"""LIBERO and Bridge datamodules on the LeRobot (v3.0 embedded images / mp4 video, v2.1) and
+RLDS formats, using the readers and fixture writers of those formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures.lerobot import write_lerobot_dataset
+from tests.fixtures.rlds import write_rlds_dataset
+from vlm4vla.data.bridge import BridgeDataModule
+from vlm4vla.data.datamodule import EpisodeDataModule
+from vlm4vla.data.formats.base import DatasetFormatError
+from vlm4vla.data.libero import LiberoDataModule
+
+N = 4
+
+
+def _make(kind: str, fmt: str, tmp: Path) -> tuple[EpisodeDataModule, list[dict], list[dict] | None]:
+    """Datamodule, written train episodes (reader order), written val episodes (RLDS only)."""
+    module = BridgeDataModule if kind == "bridge" else LiberoDataModule
+    common = {"chunk_size": N, "num_workers": 0, "batch_size": 4, "image_augmentation": False}
+    if fmt == "rlds":
+        truth = write_rlds_dataset(tmp, flavour=kind, num_episodes=4, steps=8, val_episodes=2, image_size=64)
+        dm = module(tmp / truth["name"], **common)
+        return dm, truth["splits"]["train"]["episodes"], truth["splits"]["val"]["episodes"]
+    version, video = {
+        "lerobot-v3": ("v3.0", False),
+        "lerobot-v3-video": ("v3.0", True),
+        "lerobot-v2.1": ("v2.1", False),
+    }[fmt]
+    truth = write_lerobot_dataset(tmp / "lerobot", num_episodes=5, steps=8, version=version, video=video)
+    dm = module(tmp / "lerobot", val_fraction=0.2, **common)
+    return dm, truth["episodes"], None
+
+
+CASES = [
+    ("bridge", "rlds"),
+    ("bridge", "lerobot-v3"),
+    ("libero", "rlds"),
+    ("libero", "lerobot-v3-video"),
+    ("libero", "lerobot-v2.1"),
+]
+
+
+@pytest.mark.parametrize(("kind", "fmt"), CASES)
+def test_samples_match_written_episodes(kind: str, fmt: str, tmp_path: Path) -> None:
+    dm, train_truth, val_truth = _make(kind, fmt, tmp_path)
+    dm.setup("fit")
+    assert dm.resolved_format == fmt.split("-")[0]
+    ds = dm.train_dataset
+    if val_truth is not None:  # RLDS val split used as is
+        assert len(dm.val_dataset) == sum(e["length"] for e in val_truth)
+    else:
+        assert set(ds.episodes.tolist()).isdisjoint(dm.val_dataset.episodes.tolist())
+    raw_train = np.concatenate([np.asarray(train_truth[e]["actions"], np.float64) for e in ds.episodes])
+    q01, q99 = np.quantile(raw_train, [0.01, 0.99], axis=0)
+    for index in (0, 3, int(ds.lengths[0]) - 1, len(ds) - 1):
+        sample = ds[index]
+        ep, t = sample["episode_index"], sample["frame_index"]
+        truth = train_truth[ep]
+        actions = np.asarray(truth["actions"], np.float64)
+        assert (
+            sample["image"].dtype == np.uint8 and sample["image"].ndim == 3 and sample["image"].shape[2] == 3
+        )
+        assert sample["actions"].dtype == torch.float32 and sample["actions"].shape == (N, 7)
+        assert sample["instruction"] == truth["instruction"]
+        steps = np.minimum(t + np.arange(N), len(actions) - 1)
+        expected = np.clip(2 * (actions[steps, :6] - q01[:6]) / (q99[:6] - q01[:6]) - 1, -1, 1)
+        np.testing.assert_allclose(sample["actions"][:, :6].numpy(), expected, atol=1e-5)
+        gripper = actions[steps, 6] >= 0.5 if kind == "bridge" else actions[steps, 6] > 0
+        np.testing.assert_array_equal(sample["actions"][:, 6].numpy(), gripper.astype(np.float32))
+        np.testing.assert_array_equal(sample["action_mask"].numpy(), t + np.arange(N) < len(actions))
+        # RLDS and LeRobot ports store upright images: used as stored
+        np.testing.assert_array_equal(sample["image"], ds.reader.frame(ep, t))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].dtype == torch.uint8 and batch["actions"].shape == (4, N, 7)
+
+
+def test_bridge_rlds_skips_episodes_without_primary_camera(tmp_path: Path) -> None:
+    truth = write_rlds_dataset(
+        tmp_path,
+        flavour="bridge",
+        num_episodes=4,
+        steps=6,
+        val_episodes=1,
+        image_size=32,
+        missing_primary=(1,),
+    )
+    dm = BridgeDataModule(tmp_path / truth["name"], chunk_size=N, num_workers=0, image_augmentation=False)
+    dm.setup("fit")
+    assert 1 not in dm.train_dataset.episodes.tolist()
+    assert len(dm.train_dataset) == sum(
+        e["length"] for i, e in enumerate(truth["splits"]["train"]["episodes"]) if i != 1
+    )
+
+
+def test_bridge_rlds_bad_crc_names_the_file(tmp_path: Path) -> None:
+    truth = write_rlds_dataset(
+        tmp_path, flavour="bridge", num_episodes=2, steps=4, val_episodes=1, image_size=32
+    )
+    shard = Path(truth["splits"]["train"]["files"][0])
+    data = bytearray(shard.read_bytes())
+    data[40] ^= 0xFF  # inside the first payload
+    shard.write_bytes(bytes(data))
+    dm = BridgeDataModule(tmp_path / truth["name"], chunk_size=N, num_workers=0)
+    with pytest.raises(DatasetFormatError, match=rf"{shard.name}.*CRC"):
+        dm.setup("fit")
+
+
+def test_bridge_rejects_hdf5_and_detects_nothing(tmp_path: Path) -> None:
+    (tmp_path / "x.hdf5").write_bytes(b"")
+    with pytest.raises(DatasetFormatError, match=r"no dataset found \(looked for features.json"):
+        BridgeDataModule(tmp_path, num_workers=0).setup("fit")
+
+
+@pytest.mark.parametrize(("kind", "fmt"), [("libero", "lerobot-v3-video"), ("bridge", "rlds")])
+def test_worker_processes_give_identical_batches(kind: str, fmt: str, tmp_path: Path) -> None:
+    def batches(workers: int) -> list[dict]:
+        dm, _, _ = _make(kind, fmt, tmp_path / f"w{workers}")
+        dm.num_workers, dm.image_augmentation = workers, True
+        dm.setup("fit")
+        return [b for _, b in zip(range(3), dm.train_dataloader())]
+
+    for x, y in zip(batches(0), batches(2)):
+        assert torch.equal(x["images"], y["images"]) and torch.equal(x["actions"], y["actions"])

@@ -1,0 +1,248 @@
+"""LeRobotReader against fixtures written in the LeRobot v3.0 / v2.1 layouts of datasets.md."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures.lerobot import AV1_CODEC, WRIST_KEY, write_lerobot_dataset
+from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader
+from vlm4vla.data.formats.lerobot import LeRobotReader
+
+torch.set_num_threads(1)
+
+LAYOUTS = [("v3.0", False), ("v3.0", True), ("v2.1", False), ("v2.1", True)]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS, ids=[f"{v}-{'video' if m else 'png'}" for v, m in LAYOUTS])
+def dataset(request, tmp_path_factory):
+    version, video = request.param
+    root = tmp_path_factory.mktemp(f"lerobot-{version}-{video}")
+    return write_lerobot_dataset(root, version=version, video=video, num_episodes=4, steps=9)
+
+
+def _copy(written, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(written["root"], target)
+    return target
+
+
+def _assert_frame(frame, written, episode, step, video):
+    expected = written["episodes"][episode]["frames"]
+    assert frame.dtype == np.uint8 and frame.shape == expected[step].shape
+    if not video:
+        np.testing.assert_array_equal(frame, expected[step])
+        return
+    errors = np.abs(frame.astype(np.int16)[None] - expected.astype(np.int16)).mean(axis=(1, 2, 3))
+    assert errors[step] < 4.0, errors
+    assert int(np.argmin(errors)) == step, errors  # the right frame, not a neighbour
+
+
+def test_episodes_actions_instructions_frames(dataset):
+    reader = LeRobotReader(dataset["root"])
+    video = reader.is_video
+    assert isinstance(reader, EpisodeReader)
+    assert reader.version == dataset["version"]
+    assert reader.image_key == "observation.images.image"
+    assert len(reader) == len(dataset["episodes"])
+    for e, written in enumerate(dataset["episodes"]):
+        assert reader.episode_length(e) == written["length"]
+        assert reader.instruction(e) == written["instruction"]
+        actions = reader.actions(e)
+        assert actions.dtype == np.float32 and actions.shape == (written["length"], 7)
+        np.testing.assert_array_equal(actions, written["actions"])
+        for step in range(written["length"]):
+            _assert_frame(reader.frame(e, step), dataset, e, step, video)
+    # Random order (backward seeks, episode switches inside one v3.0 video / data file).
+    for e, step in [(3, 7), (0, 0), (3, 1), (1, 8), (1, 2), (2, 10), (0, 8)]:
+        _assert_frame(reader.frame(e, step), dataset, e, step, video)
+    with pytest.raises(IndexError):
+        reader.frame(0, dataset["episodes"][0]["length"])
+    with pytest.raises(IndexError):
+        reader.actions(len(reader))
+
+
+def test_explicit_key_reads_other_camera(dataset):
+    reader = LeRobotReader(dataset["root"], image_key=WRIST_KEY)
+    frame = reader.frame(1, 4)
+    expected = dataset["episodes"][1]["wrist_frames"][4]
+    if reader.is_video:
+        assert np.abs(frame.astype(int) - expected).mean() < 4.0
+    else:
+        np.testing.assert_array_equal(frame, expected)
+
+
+def test_pickled_reader_reopens_lazily(dataset):
+    reader = LeRobotReader(dataset["root"])
+    first = reader.frame(2, 3)
+    clone = pickle.loads(pickle.dumps(reader))
+    assert not clone._parquets and not clone._videos and clone._batch is None
+    np.testing.assert_array_equal(clone.frame(2, 3), first)
+    np.testing.assert_array_equal(clone.actions(2), reader.actions(2))
+    reader.close()
+    np.testing.assert_array_equal(reader.frame(2, 3), first)  # reopens after close()
+
+
+def test_episode_subset(dataset):
+    reader = LeRobotReader(dataset["root"], episodes=[2, 0])
+    assert len(reader) == 2 and reader.episode_indices == (2, 0)
+    assert reader.episode_length(0) == dataset["episodes"][2]["length"]
+    assert reader.instruction(0) == dataset["episodes"][2]["instruction"]
+    np.testing.assert_array_equal(reader.actions(1), dataset["episodes"][0]["actions"])
+    _assert_frame(reader.frame(0, 5), dataset, 2, 5, reader.is_video)
+    with pytest.raises(DatasetFormatError, match="no episode_index 9"):
+        LeRobotReader(dataset["root"], episodes=[0, 9])
+
+
+@pytest.mark.skipif(AV1_CODEC is None, reason="PyAV built without an AV1 encoder")
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_av1_video(tmp_path, version):
+    written = write_lerobot_dataset(tmp_path, version=version, video=True, video_codec=AV1_CODEC, steps=6)
+    reader = LeRobotReader(tmp_path)
+    for e, written_episode in enumerate(written["episodes"]):
+        for step in [*range(written_episode["length"]), 0, 4]:
+            _assert_frame(reader.frame(e, step), written, e, step, video=True)
+
+
+def test_sequential_video_frames_decode_without_reseeking(tmp_path, monkeypatch):
+    written = write_lerobot_dataset(tmp_path, version="v3.0", video=True, num_episodes=2, steps=10)
+    reader = LeRobotReader(tmp_path)
+    seeks = []
+    original = LeRobotReader._seek
+    monkeypatch.setattr(LeRobotReader, "_seek", lambda self, state, t: (seeks.append(t), original(self, state, t)))
+    for step in range(written["episodes"][1]["length"]):
+        _assert_frame(reader.frame(1, step), written, 1, step, video=True)
+    assert len(seeks) == 1
+    reader.frame(1, 0)  # going back needs a seek
+    assert len(seeks) == 2
+
+
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_float64_actions_are_cast(tmp_path, version):
+    written = write_lerobot_dataset(tmp_path, version=version, action_dtype="float64", num_episodes=2, steps=6)
+    reader = LeRobotReader(tmp_path)
+    actions = reader.actions(1)
+    assert written["episodes"][1]["actions"].dtype == np.float64
+    assert actions.dtype == np.float32
+    np.testing.assert_array_equal(actions, written["episodes"][1]["actions"].astype(np.float32))
+
+
+def test_flat_hub_key_is_detected(tmp_path):
+    write_lerobot_dataset(tmp_path, image_key="image", num_episodes=1, steps=4)
+    assert LeRobotReader(tmp_path).image_key == "image"
+
+
+def test_unknown_camera_name_falls_back_to_first_third_person_camera(tmp_path):
+    written = write_lerobot_dataset(tmp_path, image_key="observation.images.exterior", num_episodes=1, steps=4)
+    reader = LeRobotReader(tmp_path)
+    assert reader.image_key == "observation.images.exterior"  # not the wrist camera listed first
+    np.testing.assert_array_equal(reader.frame(0, 2), written["episodes"][0]["frames"][2])
+
+
+def test_bad_image_key(tmp_path):
+    write_lerobot_dataset(tmp_path, num_episodes=1, steps=4)
+    with pytest.raises(DatasetFormatError, match=r"info\.json: missing field 'features\.observation\.images\.nope'"):
+        LeRobotReader(tmp_path, image_key="observation.images.nope")
+    with pytest.raises(DatasetFormatError, match=r"'features\.action\.dtype' is 'float32'"):
+        LeRobotReader(tmp_path, image_key="action")
+
+
+def test_missing_info_json(tmp_path):
+    write_lerobot_dataset(tmp_path, num_episodes=1, steps=4)
+    (tmp_path / "meta" / "info.json").unlink()
+    with pytest.raises(DatasetFormatError, match=r"meta/info\.json: info\.json not found"):
+        LeRobotReader(tmp_path)
+
+
+def test_unsupported_version(tmp_path):
+    write_lerobot_dataset(tmp_path, num_episodes=1, steps=4)
+    path = tmp_path / "meta" / "info.json"
+    info = json.loads(path.read_text())
+    info["codebase_version"] = "v1.6"
+    path.write_text(json.dumps(info))
+    with pytest.raises(DatasetFormatError, match=r"info\.json: field 'codebase_version' is 'v1\.6'"):
+        LeRobotReader(tmp_path)
+
+
+@pytest.mark.parametrize("missing", ["meta/tasks.parquet", "meta/episodes/chunk-000/file-000.parquet"])
+def test_missing_v3_metadata(tmp_path, missing):
+    write_lerobot_dataset(tmp_path, num_episodes=1, steps=4)
+    (tmp_path / missing).unlink()
+    with pytest.raises(
+        DatasetFormatError, match=r"meta/(tasks\.parquet: tasks\.parquet not found|episodes: no episodes)"
+    ):
+        LeRobotReader(tmp_path)
+
+
+def test_missing_v2_episodes_jsonl(tmp_path):
+    write_lerobot_dataset(tmp_path, version="v2.1", num_episodes=1, steps=4)
+    (tmp_path / "meta" / "episodes.jsonl").unlink()
+    with pytest.raises(DatasetFormatError, match=r"episodes\.jsonl: episodes\.jsonl not found"):
+        LeRobotReader(tmp_path)
+
+
+def test_missing_data_and_video_files(tmp_path):
+    write_lerobot_dataset(tmp_path, version="v2.1", video=True, num_episodes=2, steps=4)
+    (tmp_path / "data" / "chunk-000" / "episode_000001.parquet").unlink()
+    (tmp_path / "videos" / "chunk-000" / "observation.images.image" / "episode_000000.mp4").unlink()
+    reader = LeRobotReader(tmp_path)
+    with pytest.raises(DatasetFormatError, match=r"episode_000001\.parquet: data file not found"):
+        reader.actions(1)
+    with pytest.raises(DatasetFormatError, match=r"episode_000000\.mp4: video file not found"):
+        reader.frame(0, 0)
+
+
+def test_data_action_width_differs_from_protocol(tmp_path):
+    write_lerobot_dataset(tmp_path, action_dim=6, declared_action_dim=7, num_episodes=1, steps=4)
+    reader = LeRobotReader(tmp_path)
+    with pytest.raises(
+        DatasetFormatError, match=r"file-000\.parquet episode_index=0: field 'action' has shape \(4, 6\)"
+    ):
+        reader.actions(0)
+
+
+def test_declared_action_dimension_is_checked(tmp_path):
+    write_lerobot_dataset(tmp_path, version="v2.1", action_dim=6, num_episodes=1, steps=4)
+    with pytest.raises(DatasetFormatError, match=r"info\.json: field 'features\.action\.shape' is \[6\]"):
+        LeRobotReader(tmp_path)
+
+
+def test_corrupt_png_names_file_and_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_lerobot_dataset(tmp_path, version="v2.1", num_episodes=1, steps=4)
+    path = tmp_path / "data" / "chunk-000" / "episode_000000.parquet"
+    table = pq.read_table(path)
+    images = table.column("observation.images.image").to_pylist()
+    images[2] = {"bytes": b"not a png", "path": images[2]["path"]}
+    column = table.schema.get_field_index("observation.images.image")
+    table = table.set_column(column, "observation.images.image", pa.array(images, table.schema.field(column).type))
+    pq.write_table(table, path)
+    reader = LeRobotReader(tmp_path)
+    reader.frame(0, 1)
+    with pytest.raises(DatasetFormatError, match=r"episode_000000\.parquet: field 'observation\.images\.image' row 2"):
+        reader.frame(0, 2)
+
+
+def test_dataloader_workers(tmp_path):
+    written = write_lerobot_dataset(tmp_path, version="v3.0", video=True, num_episodes=2, steps=5)
+    reader = LeRobotReader(tmp_path)
+    reader.frame(0, 0)  # handles opened in the parent must not leak into the worker
+
+    class Frames(torch.utils.data.Dataset):
+        def __len__(self):
+            return written["episodes"][1]["length"]
+
+        def __getitem__(self, step):
+            return torch.from_numpy(reader.frame(1, step).copy())
+
+    loader = torch.utils.data.DataLoader(Frames(), batch_size=None, num_workers=1)
+    frames = [frame.numpy() for frame in loader]
+    for step, frame in enumerate(frames):
+        _assert_frame(frame, written, 1, step, video=True)
