@@ -7,7 +7,8 @@ Prompt schemes (paper-notes §2):
 * ``short`` — ``<|im_start|><image><instruction>\\n``.
 
 The processor expands ``<|image_pad|>`` to the image's token count (224² → 64 tokens for
-Qwen2.5-VL, 49 for Qwen3-VL) and returns ``mm_token_type_ids``, which the model needs for
+Qwen2.5-VL; for Qwen3-VL 49 with the default pixel budget, 64 with the released checkpoints'
+minimum of 256² pixels) and returns ``mm_token_type_ids``, which the model needs for
 its M-RoPE positions (without it Qwen2.5-VL silently falls back to 1-D RoPE).
 """
 

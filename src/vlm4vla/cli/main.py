@@ -17,7 +17,7 @@ from vlm4vla.cli import export, params
 
 # name → (module with add_arguments(parser) and run(args) -> int, one-line help)
 SUBCOMMANDS = {
-    "params": (params, "parameter counts of a preset built on the meta device (the paper's Table 9)"),
+    "params": (params, "parameter counts (the paper's Table 9) and per-GPU memory estimates of recipes"),
     "export": (export, "write the policy bundle of an existing Lightning checkpoint"),
 }
 STATS_HELP = "compute and cache the action statistics of a dataset"

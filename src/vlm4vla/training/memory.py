@@ -294,7 +294,7 @@ def activation_bytes(
     if checkpointing:
         per_sample = sum(t.layers * 2 * t.tokens * t.hidden for t in live) + max(full, default=0)
     else:
-        per_sample = sum(t.layers * f for t, f in zip(live, full))
+        per_sample = sum(t.layers * f for t, f in zip(live, full, strict=True))
     return micro_batch * per_sample * compute_bytes / 2
 
 
