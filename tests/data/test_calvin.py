@@ -127,15 +127,15 @@ def test_order_is_deterministic_and_independent_of_workers(calvin_root: Path) ->
         dm = _datamodule(calvin_root, seed=seed, num_workers=workers, batch_size=8)
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(1)
-        return [b for _, b in zip(range(3), loader)]
+        return [b for _, b in zip(range(3), loader, strict=False)]
 
     ref = batches(0, 0)
     for other in (batches(0, 0), batches(0, 2)):
-        for x, y in zip(ref, other):
+        for x, y in zip(ref, other, strict=True):
             assert torch.equal(x["images"], y["images"]) and torch.equal(x["actions"], y["actions"])
             assert x["instructions"] == y["instructions"]
     different = batches(1, 0)
-    assert not all(torch.equal(x["actions"], y["actions"]) for x, y in zip(ref, different))
+    assert not all(torch.equal(x["actions"], y["actions"]) for x, y in zip(ref, different, strict=True))
 
 
 def test_action_cache_is_reused(calvin_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

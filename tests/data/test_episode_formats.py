@@ -123,7 +123,7 @@ def test_worker_processes_give_identical_batches(kind: str, fmt: str, tmp_path: 
         dm, _, _ = _make(kind, fmt, tmp_path / f"w{workers}")
         dm.num_workers, dm.image_augmentation = workers, True
         dm.setup("fit")
-        return [b for _, b in zip(range(3), dm.train_dataloader())]
+        return [b for _, b in zip(range(3), dm.train_dataloader(), strict=False)]
 
-    for x, y in zip(batches(0), batches(2)):
+    for x, y in zip(batches(0), batches(2), strict=True):
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["actions"], y["actions"])

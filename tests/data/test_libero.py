@@ -156,12 +156,12 @@ def test_augmentation_and_deterministic_order(libero_root: Path) -> None:
     def first_batches(seed: int, workers: int) -> list[dict]:
         dm = _datamodule(libero_root, seed=seed, num_workers=workers, batch_size=5)
         loader = dm.train_dataloader()
-        return [b for _, b in zip(range(3), loader)]
+        return [b for _, b in zip(range(3), loader, strict=False)]
 
     ref = first_batches(7, 0)
-    for x, y in zip(ref, first_batches(7, 2)):
+    for x, y in zip(ref, first_batches(7, 2), strict=True):
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["actions"], y["actions"])
-    assert not all(torch.equal(x["actions"], y["actions"]) for x, y in zip(ref, first_batches(8, 0)))
+    assert not all(torch.equal(x["actions"], y["actions"]) for x, y in zip(ref, first_batches(8, 0), strict=True))
     dm = _datamodule(libero_root)
     plain = _datamodule(libero_root, image_augmentation=False).train_dataset[(3, 0)]["image"]
     crops = [dm.train_dataset[(3, e)]["image"] for e in range(4)]

@@ -160,3 +160,17 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path, datasets, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "backbone='tiny:qwen2.5-vl'" in last and "tiny:kosmos-2" in last
     assert ckpt.read_bytes() == before
+
+
+def test_unknown_datamodule_is_one_clear_error(tmp_path, datasets, capsys):
+    config = _recipe(tmp_path, "nodm", data_class="vlm4vla.data.LiberoDataModule", root=datasets["libero"])
+    assert main(["fit", "--config", str(config), "--data.class_path=vlm4vla.data.NopeDataModule"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NopeDataModule" in err[0] and "vlm4vla.data.LiberoDataModule" in err[0]
+
+
+def test_unknown_backbone_message_lists_presets(tmp_path, datasets, capsys):
+    config = _recipe(tmp_path, "nobb", data_class="vlm4vla.data.LiberoDataModule", root=datasets["libero"])
+    assert main(["fit", "--config", str(config), "--model.backbone", "qwen9-vl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "qwen9-vl" in err[0] and "qwen3-vl-2b" in err[0]

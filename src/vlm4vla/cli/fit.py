@@ -19,7 +19,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from vlm4vla.training.module import VLAModule
-from vlm4vla.training.recipes import load_recipe
+from vlm4vla.training.recipes import deep_merge, load_recipe, validate_recipe
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -46,8 +46,25 @@ class VLACLI(LightningCLI):
         VLAModule.check_compatible(saved, {key: model.get(key) for key in saved})
 
 
+_CHECKED_OVERRIDES = {"--model.backbone": ("model", "backbone"), "--data.class_path": ("data", "class_path")}
+
+
+def _overrides(argv: list[str]) -> dict:
+    """The command-line values of the names `validate_recipe` checks (``--key=value`` or ``--key value``)."""
+    found: dict = {}
+    for i, arg in enumerate(argv):
+        key, sep, value = arg.partition("=")
+        if key in _CHECKED_OVERRIDES:
+            if not sep:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+            section, name = _CHECKED_OVERRIDES[key]
+            found.setdefault(section, {})[name] = value
+    return found
+
+
 def _expand_configs(argv: list[str], workdir: Path) -> list[str]:
     out: list[str] = []
+    merged: dict = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -60,9 +77,12 @@ def _expand_configs(argv: list[str], workdir: Path) -> list[str]:
             out.append(arg)
             i += 1
             continue
+        recipe = load_recipe(value)
+        merged = deep_merge(merged, recipe)
         expanded = workdir / f"recipe{len(out)}.yaml"
-        expanded.write_text(yaml.safe_dump(load_recipe(value), sort_keys=False))
+        expanded.write_text(yaml.safe_dump(recipe, sort_keys=False))
         out += ["--config", str(expanded)]
+    validate_recipe(deep_merge(merged, _overrides(argv)), "recipe")
     return out
 
 

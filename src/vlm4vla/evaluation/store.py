@@ -1,0 +1,171 @@
+"""Crash-safe results store: ``OUT/<checkpoint>/<mode>/episodes.jsonl``.
+
+* One flat JSON record per finished episode, appended, flushed and fsync'ed as it finishes, so
+  a crash, Ctrl-C or ``kill`` loses at most the episodes still running.
+* Re-running the same command skips the episodes already in the file: nothing is lost and
+  nothing is duplicated. A last line cut short by a kill is ignored and cut off the file
+  before new records are appended; a damaged line elsewhere is an error (never rewritten).
+* ``meta.json`` beside it records the settings that change outcomes (suite, seed, max steps);
+  resuming with different settings is refused instead of mixing incompatible episodes.
+* Summaries are written atomically (`write_atomic`: temp file + fsync + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from vlm4vla.evaluation.plugin import EvaluationError
+
+EPISODES_NAME = "episodes.jsonl"
+META_NAME = "meta.json"
+
+
+class StoreError(EvaluationError):
+    """The output directory cannot be used (unwritable, damaged, or produced with other settings)."""
+
+
+def episode_key(task: Any, episode_id: Any) -> tuple[str, str]:
+    return (str(task), json.dumps(episode_id, sort_keys=True))
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_writable(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` if needed and prove a file can be written in it (one clear error if not)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise StoreError(f"output directory {directory} is not writable ({reason})") from None
+    return directory
+
+
+class CellStore:
+    """Episodes of one (checkpoint, mode) cell."""
+
+    def __init__(self, directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / EPISODES_NAME
+        self.meta = dict(meta)
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._loaded = False
+
+    # ---------------------------------------------------------------- reading
+    def load(self, *, repair: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
+        """Finished episodes by (task, episode id). A truncated last line is dropped (and, with
+        ``repair``, cut off the file); settings that differ from ``meta.json`` are refused."""
+        self._check_meta()
+        self._records = {}
+        if self.path.is_file():
+            raw = self.path.read_bytes()
+            good_end = 0
+            offset = 0
+            for line_no, line in enumerate(raw.split(b"\n"), start=1):
+                end = offset + len(line) + 1
+                complete = end <= len(raw)
+                offset = end
+                if not line.strip():
+                    if complete:
+                        good_end = end
+                    continue
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or "task" not in record or "episode_id" not in record:
+                        raise ValueError("not an episode record")
+                except ValueError:
+                    if not complete:
+                        break  # the tail of a killed write: ignore (and repair below)
+                    raise StoreError(
+                        f"{self.path}:{line_no}: damaged record; move the file away to re-run this cell"
+                    ) from None
+                self._records.setdefault(episode_key(record["task"], record["episode_id"]), record)
+                good_end = min(end, len(raw))
+            if repair and good_end < len(raw):
+                with open(self.path, "r+b") as f:
+                    f.truncate(good_end)
+                    if good_end and not raw[:good_end].endswith(b"\n"):
+                        f.seek(good_end)
+                        f.write(b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            elif repair and raw and not raw.endswith(b"\n"):
+                with open(self.path, "ab") as f:
+                    f.write(b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+        self._loaded = True
+        return dict(self._records)
+
+    def _check_meta(self) -> None:
+        meta_path = self.directory / META_NAME
+        if not meta_path.is_file():
+            return
+        try:
+            stored = json.loads(meta_path.read_text())
+        except ValueError:
+            raise StoreError(f"{meta_path}: damaged; move the cell directory away to re-run it") from None
+        diff = [k for k in self.meta if k in stored and stored[k] != self.meta[k]]
+        if diff:
+            details = ", ".join(f"{k} {stored[k]!r} → {self.meta[k]!r}" for k in diff)
+            raise StoreError(
+                f"{self.directory} holds results produced with other settings ({details}); "
+                "use another --out or the original settings"
+            )
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self._loaded:
+            self.load(repair=False)
+        return list(self._records.values())
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._records.values())
+
+    # ---------------------------------------------------------------- writing
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one finished episode durably (write + flush + fsync). Duplicates are ignored."""
+        key = episode_key(record["task"], record["episode_id"])
+        if key in self._records:
+            return
+        line = json.dumps(dict(record), sort_keys=True, allow_nan=True) + "\n"
+        if not self.path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            meta_path = self.directory / META_NAME
+            if not meta_path.exists():
+                write_atomic(meta_path, json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        with open(self.path, "ab") as f:
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        self._records[key] = dict(record)
+
+
+def cell_directory(out: str | os.PathLike, checkpoint: str, mode: str) -> Path:
+    return Path(out) / checkpoint / mode

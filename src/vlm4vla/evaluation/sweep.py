@@ -1,0 +1,248 @@
+"""The checkpoint × mode sweep: resolve bundles, validate everything up front, run the missing
+episodes, then summarise every cell and pick the best one."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm4vla.evaluation.chunking import MODES, steps_per_query
+from vlm4vla.evaluation.plugin import EvaluationError, Evaluator
+from vlm4vla.evaluation.report import write_reports
+from vlm4vla.evaluation.runner import Job, PredictFn, RunStats, episode_seed, make_pool
+from vlm4vla.evaluation.store import CellStore, cell_directory, ensure_writable, episode_key
+from vlm4vla.policy.bundle import CONFIG_NAME, BundleError, read_bundle_config
+
+_STEP = re.compile(r"^step=(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A policy bundle to evaluate; ``name`` is its results directory under ``--out``."""
+
+    name: str
+    path: Path
+    step: int | None
+    config: Mapping[str, Any] = field(compare=False, repr=False)
+
+
+def resolve_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
+    """One bundle, or every ``step=*`` bundle of a run directory (or of its ``checkpoints/``), by step."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such policy bundle or run directory")
+    if (path / CONFIG_NAME).is_file() or not path.is_dir():
+        match = _STEP.match(path.name)
+        return [Checkpoint(path.name, path, int(match.group(1)) if match else None, read_bundle_config(path))]
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted(
+        ((int(m.group(1)), d) for d in root.iterdir() if d.is_dir() and (m := _STEP.match(d.name))),
+        key=lambda item: item[0],
+    )
+    if not found:
+        raise BundleError(
+            f"{path}: neither a policy bundle ({CONFIG_NAME}) nor a run directory with checkpoints/step=* bundles"
+        )
+    return [Checkpoint(d.name, d, step, read_bundle_config(d)) for step, d in found]
+
+
+@dataclass
+class SweepSettings:
+    modes: Sequence[str] = MODES
+    tasks: Sequence[str] | None = None
+    episodes_per_task: int | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    workers: int = 1
+    max_batch: int | None = None
+    video: int = 0
+
+
+@dataclass
+class SweepResult:
+    cells: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    stats: RunStats
+    ran: int
+    skipped: int
+
+
+PolicyLoader = Callable[[Checkpoint], PredictFn]
+
+
+def load_policy(checkpoint: Checkpoint) -> PredictFn:
+    """``VLAPolicy.from_pretrained`` as a predict function returning numpy (B, N, D)."""
+    from vlm4vla.policy.policy import VLAPolicy
+
+    policy = VLAPolicy.from_pretrained(checkpoint.path)
+
+    def predict(images: Sequence[np.ndarray], instructions: Sequence[str]) -> np.ndarray:
+        return policy.predict_chunk(list(images), list(instructions)).numpy()
+
+    return predict
+
+
+def plan_episodes(evaluator: Evaluator, settings: SweepSettings) -> list[dict[str, Any]]:
+    """The episode specs of the run (``task`` and ``episode_id`` set), in protocol order."""
+    all_tasks = list(evaluator.tasks())
+    tasks = all_tasks if not settings.tasks else list(settings.tasks)
+    unknown = [t for t in tasks if t not in all_tasks]
+    if unknown:
+        raise EvaluationError(
+            f"--tasks: unknown task(s) {', '.join(unknown)} for suite {evaluator.name!r}; available: {', '.join(all_tasks)}"
+        )
+    specs: list[dict[str, Any]] = []
+    for task in tasks:
+        seen = set()
+        for spec in evaluator.episodes(task, episodes_per_task=settings.episodes_per_task):
+            spec = {**spec, "task": task}
+            if "episode_id" not in spec:
+                raise EvaluationError(f"suite {evaluator.name!r}: an episode spec of {task!r} has no 'episode_id'")
+            if spec["episode_id"] in seen:
+                raise EvaluationError(
+                    f"suite {evaluator.name!r}: duplicate episode_id {spec['episode_id']!r} in {task!r}"
+                )
+            seen.add(spec["episode_id"])
+            specs.append(spec)
+    return specs
+
+
+def _safe(name: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(name)).strip("_") or "_"
+
+
+def run_sweep(
+    evaluator: Evaluator,
+    checkpoints: Sequence[Checkpoint],
+    out: str | os.PathLike,
+    settings: SweepSettings,
+    *,
+    policy_loader: PolicyLoader = load_policy,
+    on_plan: Callable[[int, int], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> SweepResult:
+    """Evaluate every (checkpoint, mode) cell, resuming from ``out``, and write the reports.
+
+    Everything that can fail cheaply is checked before any env starts: the output directory,
+    every bundle's compatibility with the suite, the simulator's availability, the task list
+    and the results already stored. ``on_plan(to_run, already_done)`` is called once before
+    running, ``on_record(record)`` after each stored episode.
+    """
+    out = ensure_writable(out)
+    for ckpt in checkpoints:
+        try:
+            evaluator.check_bundle(ckpt.config)
+        except EvaluationError as err:
+            raise type(err)(f"{ckpt.path}: {err}") from None
+    evaluator.check_available()
+    specs = plan_episodes(evaluator, settings)
+    first_of_task: dict[str, list[Any]] = {}
+    for spec in specs:
+        first_of_task.setdefault(spec["task"], []).append(spec["episode_id"])
+
+    meta = {"suite": evaluator.name, "seed": settings.seed, "max_steps": settings.max_steps}
+    stores: dict[tuple[str, str], CellStore] = {}
+    jobs_by_ckpt: dict[str, list[Job]] = {}
+    skipped = 0
+    for ckpt in checkpoints:
+        chunk = int(ckpt.config["chunk_size"])
+        jobs = jobs_by_ckpt.setdefault(ckpt.name, [])
+        for mode in settings.modes:
+            directory = cell_directory(out, ckpt.name, mode)
+            store = stores[(ckpt.name, mode)] = CellStore(directory, {**meta, "chunk_size": chunk})
+            done = store.load(repair=True)
+            for spec in specs:
+                if episode_key(spec["task"], spec["episode_id"]) in done:
+                    skipped += 1
+                    continue
+                video = None
+                if settings.video and spec["episode_id"] in first_of_task[spec["task"]][: settings.video]:
+                    video = str(directory / "videos" / _safe(spec["task"]) / f"{_safe(spec['episode_id'])}.mp4")
+                jobs.append(
+                    Job(
+                        spec=spec,
+                        task=spec["task"],
+                        episode_id=spec["episode_id"],
+                        checkpoint=ckpt.name,
+                        step=ckpt.step,
+                        mode=mode,
+                        chunk_size=chunk,
+                        seed=episode_seed(settings.seed, spec["task"], spec["episode_id"]),
+                        max_steps=settings.max_steps,
+                        video_path=video,
+                    )
+                )
+    to_run = sum(len(j) for j in jobs_by_ckpt.values())
+    if on_plan is not None:
+        on_plan(to_run, skipped)
+
+    stats = RunStats()
+
+    def store_record(job: Job, record: dict[str, Any]) -> None:
+        stores[(job.checkpoint, job.mode)].append(record)
+        if on_record is not None:
+            on_record(record)
+
+    interrupted = True
+    try:
+        if to_run:
+            with make_pool(evaluator, settings.workers, max_batch=settings.max_batch) as pool:
+                for ckpt in checkpoints:
+                    jobs = jobs_by_ckpt[ckpt.name]
+                    if jobs:
+                        pool.run(jobs, policy_loader(ckpt), store_record, stats)
+        interrupted = False
+    finally:
+        if interrupted:
+            # Keep the summaries true to what is on disk even after Ctrl-C; never mask the error.
+            try:
+                _summarize(evaluator, checkpoints, settings, stores, specs, out)
+            except Exception:
+                pass
+    cells, best = _summarize(evaluator, checkpoints, settings, stores, specs, out)
+    return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped)
+
+
+def _summarize(
+    evaluator: Evaluator,
+    checkpoints: Sequence[Checkpoint],
+    settings: SweepSettings,
+    stores: Mapping[tuple[str, str], CellStore],
+    specs: Sequence[Mapping[str, Any]],
+    out: Path,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    wanted = {episode_key(s["task"], s["episode_id"]) for s in specs}
+    metric = evaluator.headline_metric
+    cells = []
+    for index, ckpt in enumerate(checkpoints):
+        chunk = int(ckpt.config["chunk_size"])
+        for mode in settings.modes:
+            records = [
+                r for r in stores[(ckpt.name, mode)].records() if episode_key(r["task"], r["episode_id"]) in wanted
+            ]
+            metrics = evaluator.summarize(records)
+            cells.append(
+                {
+                    "checkpoint": ckpt.name,
+                    "checkpoint_path": str(ckpt.path),
+                    "checkpoint_index": index,
+                    "step": ckpt.step,
+                    "mode": mode,
+                    "chunk_size": chunk,
+                    "steps_per_query": steps_per_query(mode, chunk),
+                    "episodes": len(records),
+                    "expected_episodes": len(specs),
+                    "complete": len(records) == len(specs),
+                    "headline_metric": metric,
+                    metric: evaluator.metric(records),
+                    "metrics": metrics,
+                }
+            )
+    best = write_reports(out, evaluator.name, metric, cells)
+    return cells, best

@@ -1,0 +1,180 @@
+"""Deterministic test-double suites for the evaluation harness (no simulator).
+
+Importing this module registers them in-process; the CLI loads it with
+``--plugin-module tests.evaluation.doubles``.
+
+* ``reach`` — a 1-D reach: the env image encodes the position, each action moves it by
+  ``action[0]``; success once the position passes the task's goal. Outcomes depend on the
+  actions, so checkpoints and chunk modes give different results.
+* ``reach-slow`` — the same with a 50 ms step (for the kill/resume test).
+* ``reach-chain`` — CALVIN-style: three chained subtasks per sequence sharing one env; the
+  policy queue is reset at every subtask; a record per sequence with per-subtask detail and
+  ``avg_len`` as the headline metric.
+* ``reach-8d`` / ``reach-maxchunk2`` — incompatible with a 7-d, chunk-4 policy.
+* ``reach-nosim`` / ``reach-nosim-worker`` — the simulator package is missing (detected by
+  ``check_available`` / only when the env is built in the worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vlm4vla.evaluation import Evaluator, SimulatorImportError, register_evaluator
+
+
+class ReachEnv:
+    """x moves by ``action[0]`` each step; the observation paints x into a 32×32 image."""
+
+    def __init__(self, start: float, seed: int, step_delay: float = 0.0) -> None:
+        self.x = float(start)
+        self.rng = np.random.default_rng(seed)
+        self.texture = self.rng.integers(0, 64, size=(32, 32, 3), dtype=np.uint8)
+        self.step_delay = step_delay
+        self.closed = False
+
+    def observe(self) -> np.ndarray:
+        image = self.texture.copy()
+        column = int(np.clip((self.x + 2.0) / 4.0 * 31, 0, 31))
+        image[:, column, :] = 255
+        return image
+
+    def step(self, action: np.ndarray) -> np.ndarray:
+        if self.step_delay:
+            time.sleep(self.step_delay)
+        self.x += float(np.clip(action[0], -1.0, 1.0))
+        return self.observe()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ReachEvaluator(Evaluator):
+    name = "reach"
+    install_hint = "it is a test double; nothing to install"
+    horizon = 12
+    step_delay = 0.0
+    GOALS = {"reach left": -0.3, "reach right": 0.3}
+    EPISODES = 6
+
+    def tasks(self) -> list[str]:
+        return list(self.GOALS)
+
+    def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
+        n = self.EPISODES if episodes_per_task is None else min(episodes_per_task, self.EPISODES)
+        return [{"episode_id": k, "start": round(0.1 * (k - self.EPISODES / 2), 2)} for k in range(n)]
+
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> ReachEnv:
+        return ReachEnv(spec["start"], seed, self.step_delay)
+
+    def _reached(self, task: str, x: float) -> bool:
+        goal = self.GOALS[task]
+        return x <= goal if goal < 0 else x >= goal
+
+    def run_episode(self, env: ReachEnv, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None) -> dict:
+        task = spec["task"]
+        limit = self.horizon if max_steps is None else min(max_steps, self.horizon)
+        obs = env.observe()
+        for t in range(limit):
+            obs = env.step(policy.act(obs, task))
+            if self._reached(task, env.x):
+                return {"success": True, "steps": t + 1, "final_x": round(env.x, 3)}
+        return {"success": False, "steps": limit, "final_x": round(env.x, 3)}
+
+
+class SlowReachEvaluator(ReachEvaluator):
+    name = "reach-slow"
+    step_delay = 0.05
+
+
+class ChainReachEvaluator(ReachEvaluator):
+    """Three chained subtasks per sequence on one env, stopping at the first failure."""
+
+    name = "reach-chain"
+    headline_metric = "avg_len"
+    horizon = 6
+    SEQUENCES = {"seq": [["reach right", "reach left", "reach right"], ["reach left", "reach right", "reach left"]]}
+
+    def tasks(self) -> list[str]:
+        return list(self.SEQUENCES)
+
+    def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
+        seqs = self.SEQUENCES[task][:episodes_per_task]
+        return [{"episode_id": k, "start": 0.0, "subtasks": s} for k, s in enumerate(seqs)]
+
+    def run_episode(self, env: ReachEnv, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None) -> dict:
+        limit = self.horizon if max_steps is None else min(max_steps, self.horizon)
+        subtasks: list[dict[str, Any]] = []
+        for sub in spec["subtasks"]:
+            policy.reset()  # a new instruction: never execute actions predicted for the previous one
+            env.x = 0.0
+            obs, success, steps = env.observe(), False, 0
+            for steps in range(1, limit + 1):  # noqa: B007  (read after the loop)
+                obs = env.step(policy.act(obs, sub))
+                if self._reached(sub, env.x):
+                    success = True
+                    break
+            subtasks.append({"task": sub, "success": success, "steps": steps})
+            if not success:
+                break
+        completed = sum(s["success"] for s in subtasks)
+        return {
+            "success": completed == len(spec["subtasks"]),
+            "steps": sum(s["steps"] for s in subtasks),
+            "completed": completed,
+            "subtasks": subtasks,
+        }
+
+    def metric(self, records: Sequence[Mapping[str, Any]]) -> float:
+        return float(np.mean([r["completed"] for r in records])) if records else float("nan")
+
+    def summarize(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        summary = super().summarize(records)
+        for i in range(1, 4):
+            summary[f"chain_{i}"] = float(np.mean([r["completed"] >= i for r in records])) if records else float("nan")
+        return summary
+
+
+class EightDimReachEvaluator(ReachEvaluator):
+    name = "reach-8d"
+    action_dim = 8
+
+
+class MaxChunk2ReachEvaluator(ReachEvaluator):
+    name = "reach-maxchunk2"
+    max_chunk_size = 2
+
+
+class NoSimReachEvaluator(ReachEvaluator):
+    name = "reach-nosim"
+    install_hint = "pip install fakesim"
+
+    def check_available(self) -> None:
+        raise SimulatorImportError(f"the fakesim package is not installed; {self.install_hint}")
+
+
+class NoSimInWorkerReachEvaluator(ReachEvaluator):
+    name = "reach-nosim-worker"
+    install_hint = "pip install fakesim"
+
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> ReachEnv:
+        try:
+            import fakesim_not_installed  # noqa: F401
+        except ImportError as err:
+            raise SimulatorImportError(f"{err}; {self.install_hint}") from err
+        return super().make_env(spec, seed=seed)
+
+
+for _cls in (
+    ReachEvaluator,
+    SlowReachEvaluator,
+    ChainReachEvaluator,
+    EightDimReachEvaluator,
+    MaxChunk2ReachEvaluator,
+    NoSimReachEvaluator,
+    NoSimInWorkerReachEvaluator,
+):
+    register_evaluator(_cls)
