@@ -47,6 +47,18 @@ def best_payload(best: Mapping[str, Any] | None, metric: str) -> dict[str, Any]:
     return {"best": {k: best.get(k) for k in keys} | {metric: best[metric]}, "metric": metric, "rule": rule}
 
 
+def _cell_text(cell: Mapping[str, Any] | None, metric: str, best: Mapping[str, Any] | None, highlight: str) -> str:
+    """A table cell: the metric, the episode count while incomplete, ``highlight`` on the best cell."""
+    if cell is None:
+        return ""
+    text = _fmt(cell[metric])
+    if not cell["complete"]:
+        text += f" ({cell['episodes']}/{cell['expected_episodes']})"
+    if best and best["checkpoint"] == cell["checkpoint"] and best["mode"] == cell["mode"]:
+        text = highlight.format(text)
+    return text
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.3f}"
@@ -87,18 +99,7 @@ def summary_markdown(
     lines = [f"# {suite}: {metric}", "", "| checkpoint | step | " + " | ".join(modes) + " |"]
     lines.append("|---|---:|" + "---:|" * len(modes))
     for ckpt in checkpoints:
-        row = []
-        for mode in modes:
-            cell = by_key.get((ckpt, mode))
-            if cell is None:
-                row.append("")
-                continue
-            text = _fmt(cell[metric])
-            if not cell["complete"]:
-                text += f" ({cell['episodes']}/{cell['expected_episodes']})"
-            if best and best["checkpoint"] == ckpt and best["mode"] == mode:
-                text = f"**{text}**"
-            row.append(text)
+        row = [_cell_text(by_key.get((ckpt, mode)), metric, best, "**{}**") for mode in modes]
         step = next(c["step"] for c in cells if c["checkpoint"] == ckpt)
         lines.append(f"| {ckpt} | {_fmt(step)} | " + " | ".join(row) + " |")
     lines.append("")
@@ -179,18 +180,7 @@ def render_table(cells: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | N
         table.add_column(mode, justify="right")
     by_key = {(c["checkpoint"], c["mode"]): c for c in cells}
     for ckpt in dict.fromkeys(c["checkpoint"] for c in cells):
-        row = []
-        for mode in modes:
-            cell = by_key.get((ckpt, mode))
-            if cell is None:
-                row.append("")
-                continue
-            text = _fmt(cell[metric])
-            if not cell["complete"]:
-                text += f" ({cell['episodes']}/{cell['expected_episodes']})"
-            if best and best["checkpoint"] == ckpt and best["mode"] == mode:
-                text = f"[bold green]{text} ★[/]"
-            row.append(text)
+        row = [_cell_text(by_key.get((ckpt, mode)), metric, best, "[bold green]{} ★[/]") for mode in modes]
         step = next(c["step"] for c in cells if c["checkpoint"] == ckpt)
         table.add_row(ckpt, _fmt(step), *row)
     return table
