@@ -13,6 +13,7 @@ embeddings, by the learnable vector the policy passes in. Every family's own pos
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -132,7 +133,7 @@ class VLAInputProcessor:
         return self.processor.tokenizer
 
 
-class VLABackbone(nn.Module):
+class VLABackbone(nn.Module, abc.ABC):
     """Base class of a VLM family used as a VLA backbone.
 
     Subclasses declare:
@@ -250,9 +251,9 @@ class VLABackbone(nn.Module):
         return cls.build_processor(tokenizer, image_processor)
 
     @classmethod
+    @abc.abstractmethod
     def build_processor(cls, tokenizer: Any, image_processor: Any) -> Any:
         """Wrap a tokenizer and an image processor in the family's stock processor class."""
-        raise NotImplementedError(f"{cls.__name__} must implement build_processor")
 
     @classmethod
     def tiny(cls, *, seed: int = 0, prompt_scheme: str | None = None, image_size: int = 224, **overrides: Any):
@@ -272,17 +273,19 @@ class VLABackbone(nn.Module):
 
     @classmethod
     def tiny_config(cls, tokenizer: Any, **overrides: Any) -> PretrainedConfig:
-        raise NotImplementedError(f"{cls.__name__} must implement tiny_config")
+        """A tiny random configuration (2 layers, hidden 64) around ``tokenizer``; optional."""
+        raise TypeError(f"{cls.__name__} defines no tiny configuration: override tiny_config to use tiny()")
 
     @classmethod
     def tiny_image_processor(cls) -> Any:
-        raise NotImplementedError(f"{cls.__name__} must implement tiny_image_processor")
+        """The image processor of the tiny configuration; optional."""
+        raise TypeError(f"{cls.__name__} defines no tiny image processor: override tiny_image_processor to use tiny()")
 
     # ------------------------------------------------------------------ prompt + inputs
     @classmethod
+    @abc.abstractmethod
     def format_prompt(cls, instruction: str, scheme: str) -> str:
         """The text given to the processor for one sample (image placeholder included)."""
-        raise NotImplementedError(f"{cls.__name__} must implement format_prompt")
 
     @classmethod
     def process(cls, processor: Any, images: list[Image.Image], prompts: list[str]) -> BatchFeature:

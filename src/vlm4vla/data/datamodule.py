@@ -22,6 +22,7 @@ file and field instead.
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -79,7 +80,7 @@ def prepare_actions(raw: np.ndarray, normalizer: ActionNormalizer) -> np.ndarray
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-class ChunkDataset(Dataset):
+class ChunkDataset(Dataset, abc.ABC):
     """Frames of contiguous segments (episodes or language windows), each with its action chunk.
 
     ``actions`` holds the prepared (normalised) actions of all segments back to back;
@@ -119,11 +120,13 @@ class ChunkDataset(Dataset):
         segment = int(np.searchsorted(self._starts, index, side="right") - 1)
         return segment, index - int(self._starts[segment])
 
+    @abc.abstractmethod
     def load_image(self, segment: int, step: int) -> np.ndarray:
-        raise NotImplementedError
+        """The image of a segment's step, upright, uint8 (H, W, 3)."""
 
+    @abc.abstractmethod
     def metadata(self, segment: int, step: int) -> dict[str, int]:
-        raise NotImplementedError
+        """Light per-sample metadata (episode and frame indices)."""
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         index, epoch = unpack_key(key)
@@ -212,7 +215,7 @@ class ResumableDataLoader(DataLoader):
             self.sampler.resume_from(state_dict["epoch"], state_dict["batches_done"] * int(self.batch_size))
 
 
-class VLADataModule(pl.LightningDataModule):
+class VLADataModule(pl.LightningDataModule, abc.ABC):
     """Common options and dataloaders. Subclasses build ``self._datasets`` in :meth:`setup`."""
 
     def __init__(
@@ -250,11 +253,13 @@ class VLADataModule(pl.LightningDataModule):
         self._datasets: dict[str, ChunkDataset] = {}
 
     # -- to implement ----------------------------------------------------------------------
+    @abc.abstractmethod
     def _compute_normalizer(self) -> ActionNormalizer:
-        raise NotImplementedError
+        """The dataset's action normaliser (statistics computed or read from the cache)."""
 
+    @abc.abstractmethod
     def _build_datasets(self, stage: str | None) -> None:
-        raise NotImplementedError
+        """Build ``self._datasets`` for ``stage``."""
 
     # -- normaliser -------------------------------------------------------------------------
     @property

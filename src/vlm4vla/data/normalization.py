@@ -21,6 +21,7 @@ which is how statistics travel into checkpoints and policy bundles.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -78,7 +79,7 @@ class GripperConvention:
         return cls(kind=str(data["kind"]), threshold=float(data.get("threshold", 0.5)))
 
 
-class ActionNormalizer:
+class ActionNormalizer(abc.ABC):
     """Base class: arm dimensions to [-1, 1] and back, gripper column untouched."""
 
     type_name: ClassVar[str] = ""
@@ -93,14 +94,17 @@ class ActionNormalizer:
             ActionNormalizer._registry[cls.type_name] = cls
 
     # -- to be provided by subclasses -------------------------------------------------------
+    @abc.abstractmethod
     def _normalize_arm(self, arm: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        raise NotImplementedError
+        """Provided by each normaliser."""
 
+    @abc.abstractmethod
     def _denormalize_arm(self, arm: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        raise NotImplementedError
+        """Provided by each normaliser."""
 
+    @abc.abstractmethod
     def _params(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Provided by each normaliser."""
 
     # -- public API --------------------------------------------------------------------------
     def normalize(self, actions: ArrayT) -> ArrayT:
