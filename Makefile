@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Two LIBERO-10 tasks for the quickstart's short evaluation.
 QUICKSTART_TASKS ?= LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket,KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it
 
-.PHONY: install install-libero test quickstart clean
+.PHONY: install install-libero install-plugins test quickstart clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -21,11 +21,19 @@ $(VENV)/.libero: $(VENV)/.installed evaluators/libero/pyproject.toml
 	$(PYTHON) -m pip install --quiet -e "./evaluators/libero[pro]"
 	touch $@
 
+# The CALVIN and SimplerEnv plugins (their simulators are installed by the user from source;
+# without them the plugins' real-simulation tests are skipped with the reason).
+$(VENV)/.plugins: $(VENV)/.installed evaluators/calvin/pyproject.toml evaluators/simpler/pyproject.toml
+	$(PYTHON) -m pip install --quiet -e ./evaluators/calvin -e ./evaluators/simpler
+	touch $@
+
 install: $(VENV)/.installed
 
 install-libero: $(VENV)/.libero
 
-test: install install-libero
+install-plugins: install-libero $(VENV)/.plugins
+
+test: install install-plugins
 	$(PYTHON) -m pytest
 
 # Tiny VLA trained on a generated LIBERO-format dataset, then evaluated in the real LIBERO

@@ -1,0 +1,262 @@
+"""The CALVIN ABC→D evaluator: 1000 fixed sequences × 5 chained subtasks in calvin_env's scene D.
+
+Protocol (``calvin_agent/evaluation/evaluate_policy.py``): per sequence, ``env.reset(robot_obs=,
+scene_obs=)`` to its physical initial state; per subtask, reset the policy (its action queue),
+record ``start_info = env.get_info()``, then at most ``EP_LEN`` = 360 steps; the subtask succeeds
+as soon as ``Tasks.get_task_info_for_set(start_info, info, {subtask})`` is non-empty. The next
+subtask continues from where the previous one ended; the chain stops at the first failure.
+
+Metrics: success rate at chain length i = fraction of sequences with ≥ i completed subtasks
+(i = 1..5) and the average length (mean completed, the headline ``avg_len``, max 5).
+
+Consistency with training (`vlm4vla.data.calvin`): the policy sees ``rgb_obs/rgb_static``
+(200×200 uint8, no rotation), as the datamodule does. A bundle trained with
+`calvin_normalizer` returns de-normalised relative actions (arm within ±0.65) and a gripper of
+−1/+1 (+1 = open, CALVIN's convention); the env action is the 7-d relative action with the arm
+clipped to [-1, 1] and the gripper mapped by sign to exactly −1/+1 (calvin_env asserts that).
+
+Episodes for the harness: one task group (``abc_d``), episode ``k`` = sequence ``k``;
+``vlm4vla-eval --suite calvin --episodes-per-task K`` runs the first K sequences.
+
+Determinism: the harness builds one env per episode in the worker that runs it (and closes it
+after), so every sequence starts from a freshly built simulator: repeats are bit-identical.
+
+Nothing here imports calvin_env at module import time.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vlm4vla.evaluation.plugin import Evaluator, IncompatibleBundleError, SimulatorImportError
+from vlm4vla_calvin import env as calvin_env_setup
+from vlm4vla_calvin.sequences import NUM_SEQUENCES, SEQUENCE_LENGTH, load_eval_set
+
+EP_LEN = 360
+GROUP = "abc_d"
+IMAGE_KEY = "rgb_static"
+
+
+@dataclass
+class CalvinEpisode:
+    """One sequence's simulator, task oracle and what the rollout needs from the evaluation set."""
+
+    sim: Any
+    """An env with calvin_env's interface: ``reset(robot_obs=, scene_obs=)``, ``step``, ``get_info``."""
+    oracle: Any
+    """``get_task_info_for_set(start_info, current_info, {subtask}) -> set`` (calvin_env's ``Tasks``)."""
+    sequence: int
+    robot_obs: np.ndarray
+    scene_obs: np.ndarray
+    subtasks: tuple[str, ...]
+    instructions: Mapping[str, str]
+
+    def close(self) -> None:
+        """Disconnect the simulator once.
+
+        ``PlayTableSimEnv.__del__`` closes again; pybullet reuses client ids, so that late second
+        ``disconnect`` would cut the *next* sequence's env (or raise). Marking the env as
+        disconnected (``cid = -1``, which its ``close`` checks) and dropping it prevents both.
+        """
+        sim, self.sim = self.sim, None
+        close = getattr(sim, "close", None)
+        if callable(close):
+            close()
+            if hasattr(sim, "cid"):
+                sim.cid = -1
+
+
+def to_env_action(action: np.ndarray) -> np.ndarray:
+    """Policy action → calvin_env relative action: arm clipped to [-1, 1], gripper +1 (open) / −1 by sign."""
+    action = np.asarray(action, dtype=np.float64).reshape(-1)
+    if action.shape != (7,):
+        raise ValueError(f"CALVIN expects 7-d actions, the policy returned shape {action.shape}")
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"the policy returned a non-finite action {action.tolist()}")
+    out = np.empty(7, dtype=np.float64)
+    out[:6] = np.clip(action[:6], -1.0, 1.0)
+    out[6] = 1.0 if action[6] > 0 else -1.0
+    return out
+
+
+def static_image(obs: Mapping[str, Any]) -> np.ndarray:
+    """The policy image: ``obs['rgb_obs']['rgb_static']`` as a contiguous (H, W, 3) uint8 array."""
+    image = np.ascontiguousarray(obs["rgb_obs"][IMAGE_KEY])
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{IMAGE_KEY}: expected (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    return image
+
+
+# -------------------------------------------------------------------- metrics
+def chain_success_rates(records: Sequence[Mapping[str, Any]], length: int = SEQUENCE_LENGTH) -> list[float]:
+    """Fraction of sequences with at least i completed subtasks, i = 1..length."""
+    if not records:
+        return [float("nan")] * length
+    completed = np.array([int(r["completed"]) for r in records])
+    return [float(np.mean(completed >= i)) for i in range(1, length + 1)]
+
+
+def average_length(records: Sequence[Mapping[str, Any]]) -> float:
+    """Mean number of completed subtasks per sequence (CALVIN's headline, max 5)."""
+    return float(np.mean([int(r["completed"]) for r in records])) if records else float("nan")
+
+
+def per_subtask(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per subtask name: attempts (it was reached in a chain), successes and their ratio."""
+    attempts: Counter[str] = Counter()
+    successes: Counter[str] = Counter()
+    for record in records:
+        for sub in record["subtasks"]:
+            attempts[sub["task"]] += 1
+            successes[sub["task"]] += bool(sub["success"])
+    return {
+        name: {
+            "attempts": attempts[name],
+            "successes": successes[name],
+            "success_rate": successes[name] / attempts[name],
+        }
+        for name in sorted(attempts)
+    }
+
+
+# -------------------------------------------------------------------- the plugin
+class CalvinEvaluator(Evaluator):
+    """CALVIN ABC→D (``vlm4vla-eval --suite calvin``).
+
+    Args:
+        max_steps: step limit per subtask (protocol: 360); ``vlm4vla-eval --max-steps`` caps it further.
+        config_path: a dataset's ``validation/.hydra/merged_config.yaml`` (or its directory) to build
+            the env from; default ``$VLM4VLA_CALVIN_CONFIG``, else calvin_env's own configs.
+        use_egl: force EGL (True) or TinyRenderer (False); default ``$VLM4VLA_CALVIN_EGL`` or autodetect.
+    """
+
+    name = "calvin"
+    headline_metric = "avg_len"
+    action_dim = 7
+    install_hint = calvin_env_setup.INSTALL_HINT
+
+    def __init__(self, *, max_steps: int = EP_LEN, config_path: str | None = None, use_egl: bool | None = None) -> None:
+        self.max_steps = int(max_steps)
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be ≥ 1, got {self.max_steps}")
+        self.config_path = (
+            config_path if config_path is not None else (os.environ.get(calvin_env_setup.CONFIG_ENV) or None)
+        )
+        self.use_egl = use_egl
+
+    # ---------------------------------------------------------------- episodes
+    def tasks(self) -> list[str]:
+        return [GROUP]
+
+    def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
+        if task != GROUP:
+            raise ValueError(f"unknown CALVIN task group {task!r} (the suite has one: {GROUP!r})")
+        sequences = load_eval_set().sequences
+        n = NUM_SEQUENCES if episodes_per_task is None else min(int(episodes_per_task), NUM_SEQUENCES)
+        return [{"episode_id": s.index, "subtasks": list(s.subtasks)} for s in sequences[:n]]
+
+    # ---------------------------------------------------------------- compatibility
+    def check_available(self) -> None:
+        if not calvin_env_setup.calvin_env_installed():
+            raise SimulatorImportError(f"calvin_env is not installed; {self.install_hint}")
+        if self.config_path:
+            try:
+                calvin_env_setup.resolve_dataset_config(self.config_path)
+            except FileNotFoundError as err:
+                raise SimulatorImportError(str(err)) from None
+        else:
+            calvin_env_setup.calvin_conf_dir()
+        if self.use_egl is None:  # decided once, in the main process: every worker renders alike
+            self.use_egl = calvin_env_setup.use_egl_from_env()
+
+    def check_bundle(self, config: Mapping[str, Any]) -> None:
+        super().check_bundle(config)
+        gripper = ((config.get("normalizer") or {}).get("gripper") or {}).get("kind", "signed")
+        if gripper != "signed":
+            raise IncompatibleBundleError(
+                f"the policy's normaliser maps the gripper to the {gripper!r} (0/1) convention of its training "
+                "data, but CALVIN takes −1 (close) / +1 (open); train it with the CALVIN datamodule"
+            )
+
+    # ---------------------------------------------------------------- rollout
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> CalvinEpisode:
+        eval_set = load_eval_set()
+        k = int(spec["episode_id"])
+        if not 0 <= k < len(eval_set.sequences):
+            raise ValueError(f"CALVIN sequence {k} out of range (the set has {len(eval_set.sequences)})")
+        sequence = eval_set.sequences[k]
+        if list(spec.get("subtasks", sequence.subtasks)) != list(sequence.subtasks):
+            raise ValueError(f"CALVIN sequence {k}: spec subtasks {spec['subtasks']} differ from the shipped set")
+        sim = calvin_env_setup.make_sim(seed=seed, config_path=self.config_path, use_egl=self.use_egl)
+        try:
+            oracle = calvin_env_setup.make_task_oracle()
+        except BaseException:
+            close = getattr(sim, "close", None)
+            if callable(close):
+                close()
+            raise
+        return CalvinEpisode(
+            sim=sim,
+            oracle=oracle,
+            sequence=k,
+            robot_obs=np.asarray(eval_set.robot_obs, dtype=np.float64),
+            scene_obs=np.asarray(sequence.scene_obs, dtype=np.float64),
+            subtasks=sequence.subtasks,
+            instructions={t: eval_set.instruction(t) for t in sequence.subtasks},
+        )
+
+    def run_episode(
+        self, env: CalvinEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
+    ) -> dict[str, Any]:
+        limit = self.max_steps if max_steps is None else min(int(max_steps), self.max_steps)
+        sim = env.sim
+        obs = sim.reset(robot_obs=env.robot_obs.copy(), scene_obs=env.scene_obs.copy())
+        subtasks: list[dict[str, Any]] = []
+        for name in env.subtasks:
+            instruction = env.instructions[name]
+            policy.reset()  # a new instruction: never execute actions predicted for the previous one
+            start_info = sim.get_info()
+            success, steps = False, 0
+            while steps < limit:
+                action = to_env_action(policy.act(static_image(obs), instruction))
+                obs, _reward, _done, info = sim.step(action)
+                steps += 1
+                if env.oracle.get_task_info_for_set(start_info, info, {name}):
+                    success = True
+                    break
+            subtasks.append({"task": name, "instruction": instruction, "success": success, "steps": steps})
+            if not success:
+                break
+        completed = sum(s["success"] for s in subtasks)
+        final = static_image(obs)
+        record: dict[str, Any] = {
+            "success": completed == len(env.subtasks),
+            "steps": sum(s["steps"] for s in subtasks),
+            "completed": completed,
+            "sequence": env.sequence,
+            "subtasks": subtasks,
+            "image_size": list(final.shape[:2]),
+            # Fingerprints of the final state: equal across repeats iff the rollout was reproduced.
+            "final_image_crc32": zlib.crc32(final.tobytes()),
+        }
+        if "robot_obs" in obs:
+            record["final_robot_obs"] = [round(float(v), 6) for v in np.asarray(obs["robot_obs"]).reshape(-1)]
+        return record
+
+    # ---------------------------------------------------------------- metrics
+    def metric(self, records: Sequence[Mapping[str, Any]]) -> float:
+        return average_length(records)
+
+    def summarize(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        summary = super().summarize(records)
+        for i, rate in enumerate(chain_success_rates(records), start=1):
+            summary[f"chain_{i}"] = rate
+        summary["per_subtask"] = per_subtask(records)
+        return summary

@@ -1,0 +1,445 @@
+"""CALVIN plugin logic without calvin_env: a test double with calvin_env's env interface
+(``reset(robot_obs=, scene_obs=)``, ``step`` → (obs, reward, done, info), ``get_info``) and a
+task oracle that reports a subtask after scripted numbers of steps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import vlm4vla_calvin.env as calvin_env_setup
+import yaml
+from vlm4vla_calvin import GROUP, CalvinEpisode, CalvinEvaluator, load_eval_set, to_env_action
+
+from vlm4vla.evaluation import SimulatorImportError
+from vlm4vla.evaluation.client import PolicyClient
+from vlm4vla.evaluation.plugin import IncompatibleBundleError, load_evaluator
+
+
+class FakeCalvinEnv:
+    """calvin_env's ``PlayTableSimEnv`` interface; the observation encodes the step counter."""
+
+    def __init__(self, size: int = 10) -> None:
+        self.size = size
+        self.t = 0
+        self.calls: list[tuple[str, Any]] = []
+        self.actions: list[np.ndarray] = []
+        self.closed = False
+
+    def _obs(self) -> dict[str, Any]:
+        image = ((np.arange(self.size * self.size * 3).reshape(self.size, self.size, 3) * 5 + self.t) % 251).astype(
+            np.uint8
+        )
+        return {
+            "rgb_obs": {"rgb_static": image, "rgb_gripper": np.zeros((4, 4, 3), np.uint8)},
+            "depth_obs": {},
+            "robot_obs": np.full(15, float(self.t)),
+            "scene_obs": np.zeros(24),
+        }
+
+    def reset(self, robot_obs: np.ndarray | None = None, scene_obs: np.ndarray | None = None) -> dict[str, Any]:
+        self.calls.append(("reset", (np.array(robot_obs), np.array(scene_obs))))
+        self.t = 0
+        return self._obs()
+
+    def get_info(self) -> dict[str, Any]:
+        self.calls.append(("get_info", self.t))
+        return {"t": self.t}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], int, bool, dict[str, Any]]:
+        assert self.calls and self.calls[0][0] == "reset", "stepped before reset"
+        assert len(action) == 7 and action[6] in (-1, 1)  # calvin_env asserts the gripper is exactly ±1
+        self.calls.append(("step", self.t))
+        self.actions.append(np.array(action))
+        self.t += 1
+        return self._obs(), 0, False, {"t": self.t}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ScriptedOracle:
+    """``get_task_info_for_set``: the subtask is reported once ``after[subtask]`` steps passed since
+    its ``start_info`` (never for subtasks not in ``after``)."""
+
+    def __init__(self, after: Mapping[str, int]) -> None:
+        self.after = dict(after)
+        self.queries: list[tuple[int, int, frozenset[str]]] = []
+
+    def get_task_info_for_set(self, start_info: dict, end_info: dict, task_filter: set) -> set:
+        self.queries.append((start_info["t"], end_info["t"], frozenset(task_filter)))
+        return {t for t in task_filter if t in self.after and end_info["t"] - start_info["t"] >= self.after[t]}
+
+
+class ScriptedPolicy:
+    """`PolicyClient`-like: records images, instructions and resets; returns scripted actions (cycled)."""
+
+    def __init__(self, actions: list[list[float]]) -> None:
+        self.actions = [np.asarray(a, dtype=np.float32) for a in actions]
+        self.images: list[np.ndarray] = []
+        self.instructions: list[str] = []
+        self.events: list[str] = []
+
+    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        self.images.append(np.array(image))
+        self.instructions.append(instruction)
+        self.events.append("act")
+        return self.actions[(len(self.images) - 1) % len(self.actions)]
+
+    def reset(self) -> None:
+        self.events.append("reset")
+
+
+def _episode(env: FakeCalvinEnv, oracle: ScriptedOracle, k: int = 1) -> CalvinEpisode:
+    eval_set = load_eval_set()
+    seq = eval_set.sequences[k]
+    return CalvinEpisode(
+        sim=env, oracle=oracle, sequence=k, robot_obs=np.asarray(eval_set.robot_obs), scene_obs=np.asarray(seq.scene_obs),
+        subtasks=seq.subtasks, instructions={t: eval_set.instruction(t) for t in seq.subtasks},
+    )  # fmt: skip
+
+
+SEQ1 = ("turn_off_led", "push_into_drawer", "lift_blue_block_drawer", "place_in_slider", "close_drawer")
+SPEC = {"task": GROUP, "episode_id": 1, "subtasks": list(SEQ1)}
+ACTION = [[0.1, -0.2, 0.3, 0.0, 0.05, -0.05, 1.0]]
+
+
+# -------------------------------------------------------------------- rollout logic
+def test_full_chain_resets_once_and_feeds_rgb_static_with_each_instruction() -> None:
+    env, oracle, policy = (
+        FakeCalvinEnv(),
+        ScriptedOracle(dict(zip(SEQ1, [3, 5, 1, 4, 2], strict=True))),
+        ScriptedPolicy(ACTION),
+    )
+    record = CalvinEvaluator().run_episode(_episode(env, oracle), policy, SPEC)
+    assert record["success"] is True and record["completed"] == 5 and record["sequence"] == 1
+    assert [(s["task"], s["success"], s["steps"]) for s in record["subtasks"]] == list(
+        zip(SEQ1, [True] * 5, [3, 5, 1, 4, 2], strict=True)
+    )
+    assert record["steps"] == 15 and len(env.actions) == 15
+    # one physical reset per sequence, to the shipped (robot_obs, scene_obs)
+    resets = [c for c in env.calls if c[0] == "reset"]
+    assert len(resets) == 1
+    eval_set = load_eval_set()
+    np.testing.assert_allclose(resets[0][1][0], eval_set.robot_obs)
+    np.testing.assert_allclose(resets[0][1][1], eval_set.sequences[1].scene_obs)
+    # start info is taken at the start of each subtask, after the previous one's last step (no re-reset)
+    assert [c[1] for c in env.calls if c[0] == "get_info"] == [0, 3, 8, 9, 13]
+    assert {q[2] for q in oracle.queries} == {frozenset({t}) for t in SEQ1}  # the oracle checks one subtask at a time
+    # the policy saw rgb_static of the current observation (step counter t) and the subtask's instruction
+    for t, image in enumerate(policy.images):
+        env.t = t
+        np.testing.assert_array_equal(image, env._obs()["rgb_obs"]["rgb_static"])
+    expected = [eval_set.instruction(t) for t, n in zip(SEQ1, [3, 5, 1, 4, 2], strict=True) for _ in range(n)]
+    assert policy.instructions == expected
+    assert policy.instructions[0] == "press the button to turn off the led light"
+    assert record["image_size"] == [10, 10] and record["final_robot_obs"] == [15.0] * 15
+
+
+def test_chain_stops_at_the_first_failure_after_the_step_limit() -> None:
+    env, policy = FakeCalvinEnv(), ScriptedPolicy(ACTION)
+    oracle = ScriptedOracle({"turn_off_led": 2, "push_into_drawer": 6})  # the third subtask never succeeds
+    evaluator = CalvinEvaluator()
+    record = evaluator.run_episode(_episode(env, oracle), policy, SPEC)
+    assert record["success"] is False and record["completed"] == 2
+    assert [(s["task"], s["success"], s["steps"]) for s in record["subtasks"]] == [
+        ("turn_off_led", True, 2), ("push_into_drawer", True, 6), ("lift_blue_block_drawer", False, 360),
+    ]  # fmt: skip
+    assert record["steps"] == 368 and len(env.actions) == 368  # nothing ran after the failure
+
+    # --max-steps caps each subtask (never raises the protocol's 360)
+    env2 = FakeCalvinEnv()
+    capped = evaluator.run_episode(
+        _episode(env2, ScriptedOracle({"turn_off_led": 2})), ScriptedPolicy(ACTION), SPEC, max_steps=7
+    )
+    assert [(s["success"], s["steps"]) for s in capped["subtasks"]] == [(True, 2), (False, 7)]
+    assert CalvinEvaluator(max_steps=4).run_episode(
+        _episode(FakeCalvinEnv(), ScriptedOracle({})), ScriptedPolicy(ACTION), SPEC, max_steps=100
+    )["subtasks"] == [{"task": "turn_off_led", "instruction": "press the button to turn off the led light",
+                       "success": False, "steps": 4}]  # fmt: skip
+    assert (
+        evaluator.run_episode(_episode(FakeCalvinEnv(), ScriptedOracle({})), ScriptedPolicy(ACTION), SPEC)["completed"]
+        == 0
+    )
+
+
+def test_the_action_queue_is_reset_between_subtasks() -> None:
+    policy = ScriptedPolicy(ACTION)
+    CalvinEvaluator().run_episode(
+        _episode(FakeCalvinEnv(), ScriptedOracle(dict(zip(SEQ1, [3, 5, 1, 4, 2], strict=True)))), policy, SPEC
+    )
+    # reset before every subtask, i.e. before its first act
+    assert (
+        "".join("R" if e == "reset" else "a" for e in policy.events)
+        == "R" + "aaa" + "R" + "aaaaa" + "R" + "a" + "R" + "aaaa" + "R" + "aa"
+    )
+
+    # with the real client (chunk 4, full): leftovers of a subtask are never executed in the next one
+    queries: list[tuple[int, str]] = []
+
+    def query(image: np.ndarray, instruction: str) -> np.ndarray:
+        queries.append((int(image[0, 0, 0]), instruction))
+        chunk = np.zeros((4, 7), np.float32)
+        chunk[:, 0] = len(queries) / 10 + np.arange(4) / 100  # action i of query q: x = q/10 + i/100 (within ±1)
+        chunk[:, 6] = -1.0
+        return chunk
+
+    client = PolicyClient(query, mode="full", chunk_size=4)
+    env = FakeCalvinEnv()
+    record = CalvinEvaluator().run_episode(
+        _episode(env, ScriptedOracle(dict(zip(SEQ1, [3, 5, 1, 4, 2], strict=True)))), client, SPEC
+    )
+    steps = [s["steps"] for s in record["subtasks"]]
+    assert client.queries == sum(-(-n // 4) for n in steps) == 1 + 2 + 1 + 1 + 1
+    eval_set = load_eval_set()
+    assert [q[1] for q in queries] == [
+        eval_set.instruction(t) for t, n in zip(SEQ1, steps, strict=True) for _ in range(-(-n // 4))
+    ]
+    xs = [round(float(a[0]) * 100) for a in env.actions]
+    # subtask 1: query 1 (3 of 4 actions); subtask 2 starts with a fresh query 2, then 3; ...
+    assert xs == [10, 11, 12, 20, 21, 22, 23, 30, 40, 50, 51, 52, 53, 60, 61]
+    assert all(a[6] == -1.0 for a in env.actions)
+
+
+def test_actions_are_clipped_and_the_gripper_mapped_to_exactly_plus_minus_one() -> None:
+    out = to_env_action(np.array([2.0, -3.0, 0.5, 0.0, -0.2, 1.5, 0.7], dtype=np.float32))
+    np.testing.assert_allclose(out, [1.0, -1.0, 0.5, 0.0, -0.2, 1.0, 1.0], rtol=1e-6)
+    assert to_env_action(np.zeros(7))[6] == -1.0  # 0 (a {0,1} bundle's "close") → −1 close
+    assert to_env_action(np.array([0, 0, 0, 0, 0, 0, 1.0]))[6] == 1.0  # +1 = open in CALVIN
+    with pytest.raises(ValueError, match="7-d"):
+        to_env_action(np.zeros(8))
+    with pytest.raises(ValueError, match="non-finite"):
+        to_env_action(np.array([np.nan] * 7))
+    env = FakeCalvinEnv()
+    CalvinEvaluator().run_episode(
+        _episode(env, ScriptedOracle({"turn_off_led": 1})), ScriptedPolicy([[0.9, 0.65, -0.65, 0.1, -5.0, 0.0, -0.3]]), SPEC,
+        max_steps=2,
+    )  # fmt: skip
+    np.testing.assert_allclose(env.actions[0], [0.9, 0.65, -0.65, 0.1, -1.0, 0.0, -1.0], rtol=1e-6)
+
+
+class _PyBulletLikeSim(FakeCalvinEnv):
+    """Closes like ``PlayTableSimEnv``: disconnects ``cid`` unless it is negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cid = 0
+        self.disconnects = 0
+
+    def close(self) -> None:
+        if self.cid >= 0:
+            self.disconnects += 1
+
+
+def test_closing_an_episode_disconnects_once_and_drops_the_sim() -> None:
+    sim = _PyBulletLikeSim()
+    episode = _episode(sim, ScriptedOracle({}))  # type: ignore[arg-type]
+    CalvinEvaluator().close_env(episode)
+    assert sim.disconnects == 1 and sim.cid == -1 and episode.sim is None
+    sim.close()  # what PlayTableSimEnv.__del__ does later: no second disconnect of a reused client id
+    assert sim.disconnects == 1
+    CalvinEvaluator().close_env(episode)  # idempotent
+
+
+def test_check_bundle_rejects_a_unit_gripper_convention() -> None:
+    evaluator = CalvinEvaluator()
+    evaluator.check_bundle({"chunk_size": 10, "action_dim": 7, "normalizer": {"gripper": {"kind": "signed"}}})
+    with pytest.raises(IncompatibleBundleError, match="CALVIN takes"):
+        evaluator.check_bundle({"chunk_size": 10, "normalizer": {"gripper": {"kind": "unit"}}})
+    with pytest.raises(IncompatibleBundleError, match="7-d"):
+        evaluator.check_bundle({"chunk_size": 4, "action_dim": 8})
+
+
+# -------------------------------------------------------------------- resume through the harness
+class FakeSimCalvinEvaluator(CalvinEvaluator):
+    """The real plugin with the simulator and oracle replaced by the test doubles."""
+
+    name = "calvin-fake"
+
+    def check_available(self) -> None:
+        pass
+
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> CalvinEpisode:
+        k = int(spec["episode_id"])
+        subtasks = load_eval_set().sequences[k].subtasks
+        # subtask i of sequence k needs (k + i) % 4 + 1 steps; lifting never succeeds
+        after = {t: (k + i) % 4 + 1 for i, t in enumerate(subtasks) if not t.startswith("lift")}
+        return _episode(FakeCalvinEnv(), ScriptedOracle(after), k)
+
+
+def _predict(images: list[np.ndarray], instructions: list[str]) -> np.ndarray:
+    out = np.zeros((len(images), 4, 7), np.float32)
+    for b, image in enumerate(images):
+        out[b, :, 0] = float(image.mean()) / 255.0
+        out[b, :, 6] = 1.0
+    return out
+
+
+def test_resume_runs_only_the_missing_sequences(tmp_path: Path) -> None:
+    from vlm4vla.evaluation.sweep import Checkpoint, SweepSettings, run_sweep
+
+    evaluator = FakeSimCalvinEvaluator(max_steps=8)
+    ckpt = Checkpoint("fake", tmp_path / "bundle", None, {"chunk_size": 4, "action_dim": 7})
+    out = tmp_path / "out"
+
+    def run(k: int) -> Any:
+        settings = SweepSettings(modes=["full"], episodes_per_task=k)
+        return run_sweep(evaluator, [ckpt], out, settings, policy_loader=lambda c: _predict)
+
+    first = run(2)
+    assert (first.ran, first.skipped) == (2, 0)
+    files = sorted(out.glob("*/*/episodes.jsonl"))
+    assert len(files) == 1
+    before = files[0].read_text().splitlines()
+    second = run(3)
+    assert (second.ran, second.skipped) == (1, 2)
+    lines = files[0].read_text().splitlines()
+    assert lines[:2] == before and len(lines) == 3
+    records = sorted((json.loads(line) for line in lines), key=lambda r: r["episode_id"])
+    assert [r["episode_id"] for r in records] == [0, 1, 2]
+    for r in records:
+        k = r["episode_id"]
+        subtasks = load_eval_set().sequences[k].subtasks
+        assert [s["task"] for s in r["subtasks"]] == list(subtasks[: len(r["subtasks"])])
+        assert r["completed"] == sum(s["success"] for s in r["subtasks"])
+        assert r["policy_queries"] == sum(-(-s["steps"] // 4) for s in r["subtasks"])
+    # sequence 0 lifts the red block 3rd → 2 completed; sequence 1 lifts the blue block 3rd → 2; 2 has no lift first
+    assert [r["completed"] for r in records[:2]] == [2, 2]
+    summary = json.loads((out / "summary.json").read_text())["cells"][0]
+    assert summary["headline_metric"] == "avg_len"
+    assert summary["avg_len"] == pytest.approx(np.mean([r["completed"] for r in records]))
+    assert summary["metrics"]["chain_1"] == pytest.approx(np.mean([r["completed"] >= 1 for r in records]))
+    assert set(summary["metrics"]["per_subtask"]) == {s["task"] for r in records for s in r["subtasks"]}
+
+
+# -------------------------------------------------------------------- env configuration (no calvin_env)
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+
+
+def _fake_clone(root: Path) -> Path:
+    """A calvin_env clone layout: ``calvin_env/__init__.py`` next to ``conf/`` (the real groups' shapes)."""
+    (root / "calvin_env").mkdir(parents=True)
+    (root / "calvin_env" / "__init__.py").write_text("raise RuntimeError('calvin_env must not be imported')\n")
+    conf = root / "conf"
+    _write(conf / "env" / "play_table_env.yaml", {
+        "_target_": "calvin_env.envs.play_table_env.PlayTableSimEnv", "_recursive_": False, "cameras": "${cameras}",
+        "seed": 0, "bullet_time_step": 240.0, "use_vr": "${use_vr}", "show_gui": False, "robot_cfg": "${robot}",
+        "scene_cfg": "${scene}", "use_scene_info": False, "use_egl": True, "control_freq": 30,
+    })  # fmt: skip
+    _write(conf / "cameras" / "cameras" / "static.yaml", {"name": "static", "width": 200, "height": 200, "fov": 10})
+    _write(conf / "cameras" / "cameras" / "gripper.yaml", {"name": "gripper", "width": 84, "height": 84, "fov": 75})
+    _write(conf / "cameras" / "cameras" / "tactile.yaml", {"name": "tactile", "width": 120, "height": 160})
+    _write(conf / "robot" / "panda.yaml", {"filename": "franka_panda/panda.urdf", "gripper_joint_ids": [9, 10],
+                                          "tcp_link_id": 13, "euler_obs": True})  # fmt: skip
+    _write(conf / "robot" / "panda_longer_finger.yaml", {
+        "defaults": ["panda"], "filename": "franka_panda/panda_longer_finger.urdf", "gripper_joint_ids": [9, 11],
+        "tcp_link_id": 15,
+    })  # fmt: skip
+    _write(conf / "scene" / "calvin_scene_D.yaml", {"data_path": "${data_path}", "euler_obs": "${robot.euler_obs}",
+                                                   "robot_base_position": [-0.34, -0.46, 0.24]})  # fmt: skip
+    _write(conf / "scene" / "calvin_scene_A.yaml", {"data_path": "${data_path}", "robot_base_position": [0, 0, 0]})
+    _write(conf / "tasks" / "new_playtable_tasks.yaml", {"_target_": "calvin_env.envs.tasks.Tasks", "tasks": {}})
+    return conf
+
+
+def test_env_config_is_scene_d_with_static_200_and_gripper_84_no_gui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = _fake_clone(tmp_path / "clone")
+    monkeypatch.syspath_prepend(str(tmp_path / "clone"))
+    assert calvin_env_setup.calvin_env_installed()
+    assert calvin_env_setup.calvin_conf_dir() == conf.resolve()  # found, not imported
+    assert "calvin_env" not in sys.modules
+
+    cfg = calvin_env_setup.env_config(conf, use_egl=False, seed=7)
+    assert set(cfg["cameras"]) == {"static", "gripper"}
+    assert (cfg["cameras"]["static"]["width"], cfg["cameras"]["static"]["height"]) == (200, 200)
+    assert (cfg["cameras"]["gripper"]["width"], cfg["cameras"]["gripper"]["height"]) == (84, 84)
+    # robot: panda_longer_finger over its panda defaults
+    assert cfg["robot"] == {"filename": "franka_panda/panda_longer_finger.urdf", "gripper_joint_ids": [9, 11],
+                            "tcp_link_id": 15, "euler_obs": True}  # fmt: skip
+    assert cfg["scene"]["robot_base_position"] == [-0.34, -0.46, 0.24]  # scene D
+    env = cfg["env"]
+    assert env["_target_"] == "calvin_env.envs.play_table_env.PlayTableSimEnv"
+    assert (env["show_gui"], env["use_vr"], env["use_scene_info"], env["use_egl"], env["seed"]) == (
+        False,
+        False,
+        True,
+        False,
+        7,
+    )
+    assert (env["robot_cfg"], env["scene_cfg"], env["cameras"]) == ("${robot}", "${scene}", "${cameras}")
+    assert cfg["data_path"] == "data" and cfg["use_vr"] is False
+    assert calvin_env_setup.env_config(conf, use_egl=True)["env"]["use_egl"] is True
+
+
+def test_dataset_config_and_renderer_selection(tmp_path: Path) -> None:
+    merged = tmp_path / "task_ABC_D" / "validation" / ".hydra" / "merged_config.yaml"
+    _write(merged, {"env": {}})
+    for given in (merged, merged.parent.parent, merged.parent.parent.parent):
+        assert calvin_env_setup.resolve_dataset_config(given) == merged
+    with pytest.raises(FileNotFoundError, match="VLM4VLA_CALVIN_CONFIG"):
+        calvin_env_setup.resolve_dataset_config(tmp_path / "nowhere")
+    assert calvin_env_setup.use_egl_from_env({"VLM4VLA_CALVIN_EGL": "1"}) is True
+    assert calvin_env_setup.use_egl_from_env({"VLM4VLA_CALVIN_EGL": "0"}) is False
+    assert calvin_env_setup.use_egl_from_env({}) is calvin_env_setup.egl_available()
+    with pytest.raises(ValueError, match="VLM4VLA_CALVIN_EGL"):
+        calvin_env_setup.use_egl_from_env({"VLM4VLA_CALVIN_EGL": "maybe"})
+
+
+def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLM4VLA_CALVIN_CONFIG", str(tmp_path / "ds"))
+    assert CalvinEvaluator().config_path == str(tmp_path / "ds")
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: True)
+    with pytest.raises(SimulatorImportError, match="no merged_config.yaml"):
+        CalvinEvaluator().check_available()
+    monkeypatch.delenv("VLM4VLA_CALVIN_CONFIG")
+    assert CalvinEvaluator().config_path is None
+
+
+# -------------------------------------------------------------------- without calvin_env
+def test_without_calvin_env_check_available_and_make_env_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: False)
+    with pytest.raises(SimulatorImportError, match="calvin_env is not installed; install calvin_env from source"):
+        CalvinEvaluator().check_available()
+    monkeypatch.setitem(sys.modules, "calvin_env", None)  # importing it fails even where it is installed
+    with pytest.raises(SimulatorImportError, match="git clone --recursive https://github.com/mees/calvin_env"):
+        CalvinEvaluator().make_env({"task": GROUP, "episode_id": 0}, seed=0)
+
+
+def test_cli_without_calvin_env_exits_with_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlm4vla.cli.evaluate import main
+
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: False)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "vla_config.json").write_text(
+        json.dumps({"backbone": "qwen2.5-vl", "backbone_config": {}, "chunk_size": 4})
+    )
+    code = main(["--suite", "calvin", "--ckpt", str(bundle), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith("vlm4vla-eval: error: suite 'calvin': simulator unavailable: calvin_env is not installed;")
+    assert "pip install -e calvin_env" in err and "evaluators/calvin/README.md" in err
+
+
+def test_entry_point_is_installed_and_importing_does_not_import_the_simulator() -> None:
+    code = (
+        "import sys, vlm4vla_calvin; from vlm4vla.evaluation.plugin import load_evaluator; "
+        "e = load_evaluator('calvin'); e.tasks(); e.episodes(e.tasks()[0]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('calvin_env', 'pybullet', 'hydra', 'omegaconf')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+    assert isinstance(load_evaluator("calvin"), CalvinEvaluator)

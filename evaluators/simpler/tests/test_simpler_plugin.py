@@ -1,0 +1,473 @@
+"""SimplerEnv-Bridge plugin logic without a simulator: test doubles with both backends' gymnasium interface."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import vlm4vla_simpler.evaluator as ev
+from PIL import Image
+from vlm4vla_simpler import (
+    BRIDGE_TASKS,
+    MANISKILL3_ENV_IDS,
+    MAX_STEPS,
+    SimplerBridgeEvaluator,
+    SimplerEpisode,
+    euler_to_axis_angle,
+    gripper_to_env,
+    to_env_action,
+    to_policy_image,
+)
+
+from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer
+from vlm4vla.evaluation import SimulatorImportError
+from vlm4vla.evaluation.client import PolicyClient
+from vlm4vla.evaluation.plugin import IncompatibleBundleError, load_evaluator
+
+torch.set_num_threads(1)
+
+
+# -------------------------------------------------------------------- test doubles
+class FakeBridgeEnv(gym.Env):
+    """A WidowX Bridge env with gymnasium's interface, in either backend's flavour.
+
+    ``success_at``: the (1-based) steps after which ``info["success"]`` is true.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, backend: str = "simpler_env", success_at: set[int] | None = None) -> None:
+        self.backend = backend
+        self.success_at = success_at or set()
+        self.observation_space = gym.spaces.Dict({})
+        shape = (1, 7) if backend == "maniskill3" else (7,)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
+        self.robot_uid = "widowx"
+        self.reset_calls: list[dict[str, Any]] = []
+        self.actions: list[np.ndarray] = []
+        self.frames: list[np.ndarray] = []
+        self.closed = False
+
+    def _frame(self) -> np.ndarray:
+        n = len(self.actions)
+        frame = ((np.arange(480 * 640 * 3).reshape(480, 640, 3) // 7 + 13 * n) % 256).astype(np.uint8)
+        self.frames.append(frame)
+        return frame
+
+    def _obs(self) -> dict[str, Any]:
+        frame = self._frame()
+        if self.backend == "maniskill3":  # batched torch tensors, num_envs = 1
+            return {"sensor_data": {"3rd_view_camera": {"rgb": torch.from_numpy(frame)[None]}}}
+        return {"image": {"3rd_view_camera": {"rgb": frame, "depth": np.zeros((480, 640, 1))}}}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        self.reset_calls.append({"seed": seed, "options": options})
+        self.actions.clear()
+        return self._obs(), {}
+
+    def step(self, action: Any):  # type: ignore[override]
+        assert self.reset_calls, "stepped before reset"
+        self.actions.append(np.array(action))
+        success = len(self.actions) in self.success_at
+        info: dict[str, Any]
+        if self.backend == "maniskill3":
+            info = {"success": torch.tensor([success])}
+        else:
+            info = {"success": success, "episode_stats": {}}
+        return self._obs(), 0.0, success, False, info
+
+    def get_language_instruction(self) -> Any:
+        return ["put carrot on plate"] if self.backend == "maniskill3" else "put carrot on plate"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ScriptedPolicy:
+    """`PolicyClient`-like: records what it is given, returns scripted actions (cycled)."""
+
+    def __init__(self, actions: list[list[float]]) -> None:
+        self.actions = [np.asarray(a, dtype=np.float32) for a in actions]
+        self.images: list[np.ndarray] = []
+        self.instructions: list[str] = []
+
+    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        self.images.append(np.array(image))
+        self.instructions.append(instruction)
+        return self.actions[(len(self.images) - 1) % len(self.actions)]
+
+    def reset(self) -> None:
+        pass
+
+
+def _episode(sim: FakeBridgeEnv, task: str = "widowx_carrot_on_plate", k: int = 5) -> SimplerEpisode:
+    return SimplerEpisode(sim=sim, backend=sim.backend, task=task, episode_id=k, seed=1234)
+
+
+def _spec(task: str = "widowx_carrot_on_plate", k: int = 5) -> dict[str, Any]:
+    return {"task": task, "episode_id": k, "max_steps": MAX_STEPS[task]}
+
+
+OPEN = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+# -------------------------------------------------------------------- episodes / discovery
+def test_four_tasks_times_24_episodes_with_the_protocol_lengths() -> None:
+    evaluator = SimplerBridgeEvaluator()
+    assert evaluator.name == "simpler_bridge" and evaluator.headline_metric == "success_rate"
+    assert evaluator.tasks() == [
+        "widowx_carrot_on_plate", "widowx_put_eggplant_in_basket", "widowx_spoon_on_towel", "widowx_stack_cube",
+    ]  # fmt: skip
+    specs = [(t, e) for t in evaluator.tasks() for e in evaluator.episodes(t)]
+    assert len(specs) == 4 * 24
+    for task in BRIDGE_TASKS:
+        episodes = evaluator.episodes(task)
+        assert [e["episode_id"] for e in episodes] == list(range(24))
+        assert {e["max_steps"] for e in episodes} == {120 if "eggplant" in task else 60}
+    assert MANISKILL3_ENV_IDS["widowx_put_eggplant_in_basket"] == "PutEggplantInBasketScene-v1"
+    assert set(MANISKILL3_ENV_IDS) == set(BRIDGE_TASKS)
+    assert [e["episode_id"] for e in evaluator.episodes(BRIDGE_TASKS[0], episodes_per_task=3)] == [0, 1, 2]
+    assert len(evaluator.episodes(BRIDGE_TASKS[0], episodes_per_task=100)) == 24
+    with pytest.raises(ValueError, match="unknown SimplerEnv-Bridge task"):
+        evaluator.episodes("widowx_open_drawer")
+
+
+def test_entry_point_is_installed_and_importing_does_not_import_a_simulator() -> None:
+    code = (
+        "import sys, vlm4vla_simpler; from vlm4vla.evaluation.plugin import load_evaluator; "
+        "e = load_evaluator('simpler_bridge'); [e.episodes(t) for t in e.tasks()]; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('simpler_env', 'mani_skill', 'mani_skill2_real2sim', 'sapien')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+    assert isinstance(load_evaluator("simpler_bridge"), SimplerBridgeEvaluator)
+
+
+# -------------------------------------------------------------------- action conversion
+def _rot_x(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _rot_y(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def _rodrigues(rotvec: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(rotvec))
+    if angle == 0.0:
+        return np.eye(3)
+    k = rotvec / angle
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
+
+
+def test_euler_to_axis_angle_hand_computed_values() -> None:
+    np.testing.assert_array_equal(euler_to_axis_angle(0.0, 0.0, 0.0), np.zeros(3))  # identity → zero vector
+    np.testing.assert_allclose(euler_to_axis_angle(0.1, 0.0, 0.0), [0.1, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(euler_to_axis_angle(0.0, -0.2, 0.0), [0.0, -0.2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(euler_to_axis_angle(0.0, 0.0, math.pi / 2), [0.0, 0.0, math.pi / 2], atol=1e-12)
+    # roll = pitch = 90°: q = qy(90°)·qx(90°) = (½, ½, ½, −½) → 120° about (1, 1, −1)/√3
+    expected = 2 * math.pi / 3 / math.sqrt(3) * np.array([1.0, 1.0, -1.0])
+    np.testing.assert_allclose(euler_to_axis_angle(math.pi / 2, math.pi / 2, 0.0), expected, atol=1e-12)
+    # static xyz: roll is applied first, about the fixed x axis → R = Rz(yaw) Ry(pitch) Rx(roll), not Rx Ry Rz
+    assert not np.allclose(euler_to_axis_angle(0.0, math.pi / 2, math.pi / 2), expected)
+
+
+def test_euler_to_axis_angle_round_trip_through_rotation_matrices() -> None:
+    rng = np.random.default_rng(0)
+    for roll, pitch, yaw in rng.uniform(-1.2, 1.2, size=(200, 3)):
+        rotvec = euler_to_axis_angle(roll, pitch, yaw)
+        assert np.linalg.norm(rotvec) <= math.pi + 1e-12
+        np.testing.assert_allclose(_rodrigues(rotvec), _rot_z(yaw) @ _rot_y(pitch) @ _rot_x(roll), atol=1e-12)
+        # and back: the matrix's static-xyz Euler angles are the input
+        matrix = _rodrigues(rotvec)
+        back = (
+            math.atan2(matrix[2, 1], matrix[2, 2]),
+            math.asin(-matrix[2, 0]),
+            math.atan2(matrix[1, 0], matrix[0, 0]),
+        )
+        np.testing.assert_allclose(back, (roll, pitch, yaw), atol=1e-10)
+
+
+def test_euler_to_axis_angle_matches_scipy_extrinsic_xyz() -> None:
+    rotation = pytest.importorskip("scipy.spatial.transform").Rotation
+    rng = np.random.default_rng(1)
+    for angles in rng.uniform(-1.5, 1.5, size=(100, 3)):
+        np.testing.assert_allclose(
+            euler_to_axis_angle(*angles), rotation.from_euler("xyz", angles).as_rotvec(), atol=1e-10
+        )
+
+
+def test_gripper_binarisation_plus_one_open_minus_one_close() -> None:
+    # SimplerEnv's Octo/RT-1 Bridge policies: 2 * (open_gripper > 0.5) - 1
+    assert [gripper_to_env(g) for g in (1.0, 0.0, 0.5, 0.5001, 0.49, 0.9)] == [1.0, -1.0, -1.0, 1.0, -1.0, 1.0]
+    action = to_env_action(np.array([0.01, -0.02, 0.03, 0.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(action, [0.01, -0.02, 0.03, 0.0, 0.0, 0.0, -1.0])
+    assert to_env_action(np.array(OPEN))[6] == 1.0
+    with pytest.raises(ValueError, match="7-d"):
+        to_env_action(np.zeros(6))
+    with pytest.raises(ValueError, match="non-finite"):
+        to_env_action(np.array([np.nan, 0, 0, 0, 0, 0, 1]))
+
+
+def test_denormalised_policy_output_to_env_action_hand_computed() -> None:
+    """`predict_chunk` de-normalises with the bundle's Bridge q01/q99 and maps the gripper (unit
+    convention); the plugin turns that into the env action. All numbers by hand below."""
+    q01 = np.array([-0.02, -0.04, -0.03, -0.1, -0.2, -0.4])
+    q99 = np.array([0.02, 0.04, 0.05, 0.1, 0.2, 0.4])
+    normalizer = QuantileNormalizer(q01, q99, gripper=GripperConvention("unit"))
+    normalized = np.array([[0.5, -1.0, 0.0, 1.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    restored = np.array(normalizer.denormalize(normalized), dtype=np.float64)  # what predict_chunk does …
+    restored[:, 6] = normalizer.gripper.to_env(restored[:, 6])  # … then the gripper convention (1 open, 0 closed)
+    # arm = (x + 1) / 2 · (q99 − q01) + q01
+    np.testing.assert_allclose(restored[0], [0.01, -0.04, 0.01, 0.1, 0.0, 0.2, 1.0], atol=1e-12)
+    np.testing.assert_allclose(restored[1], [0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 0.0], atol=1e-12)
+
+    first = to_env_action(restored[0])
+    # Rz(0.2)·Rx(0.1): q = qz(0.2)·qx(0.1) = (cos .1 cos .05, cos .1 sin .05, sin .1 sin .05, sin .1 cos .05)
+    w, x, y, z = (
+        math.cos(0.1) * math.cos(0.05), math.cos(0.1) * math.sin(0.05),
+        math.sin(0.1) * math.sin(0.05), math.sin(0.1) * math.cos(0.05),
+    )  # fmt: skip
+    angle = 2 * math.acos(w)
+    axis = np.array([x, y, z]) / math.sqrt(x * x + y * y + z * z)
+    np.testing.assert_allclose(first, [0.01, -0.04, 0.01, *(axis * angle), 1.0], atol=1e-12)
+    np.testing.assert_allclose(to_env_action(restored[1]), [0.0, 0.0, 0.01, 0.0, 0.0, 0.0, -1.0], atol=1e-12)
+
+
+# -------------------------------------------------------------------- observation
+def test_policy_image_is_the_camera_resized_to_224_like_the_backbone() -> None:
+    frame = ((np.arange(480 * 640 * 3).reshape(480, 640, 3) * 31) % 256).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(frame).resize((224, 224), Image.Resampling.BILINEAR))
+    image = to_policy_image(frame)
+    assert image.shape == (224, 224, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+    np.testing.assert_array_equal(image, expected)
+    np.testing.assert_array_equal(to_policy_image(torch.from_numpy(frame)[None]), expected)  # ManiSkill3: batched
+    small = frame[:224, :224]
+    np.testing.assert_array_equal(to_policy_image(small), small)  # already 224: untouched
+    with pytest.raises(ValueError, match="H, W, 3"):
+        to_policy_image(np.zeros((480, 640)))
+
+
+# -------------------------------------------------------------------- rollout logic
+@pytest.mark.parametrize("backend", ["simpler_env", "maniskill3"])
+def test_rollout_runs_the_full_episode_and_reads_success_at_the_last_step(backend: str) -> None:
+    sim = FakeBridgeEnv(backend, success_at={10, 60})
+    policy = ScriptedPolicy([[0.01, 0.0, -0.01, 0.0, 0.0, math.pi / 2, 1.0], [0.0] * 7])
+    record = SimplerBridgeEvaluator().run_episode(_episode(sim), policy, _spec())
+
+    # reset with the episode id, the backend's way
+    assert len(sim.reset_calls) == 1
+    call = sim.reset_calls[0]
+    if backend == "maniskill3":
+        assert call["seed"] == 1234 and torch.equal(call["options"]["episode_id"], torch.tensor([5]))
+    else:
+        assert call["options"] == {"obj_init_options": {"episode_id": 5}}
+    # no early stop at step 10: 60 steps, success = the env's report after the last one
+    assert len(sim.actions) == 60 and record["steps"] == 60 and record["success"] is True
+    assert record["backend"] == backend and record["protocol_steps"] == 60
+    assert record["instruction"] == "put carrot on plate"
+    assert policy.instructions == ["put carrot on plate"] * 60
+    # the policy sees the obs of the step just taken, resized to 224
+    for t in (0, 1, 59):
+        np.testing.assert_array_equal(policy.images[t], to_policy_image(sim.frames[t]))
+    # converted actions (ManiSkill3: batched float32)
+    first, second = sim.actions[0], sim.actions[1]
+    if backend == "maniskill3":
+        assert first.shape == (1, 7) and first.dtype == np.float32
+        first, second = first[0], second[0]
+    np.testing.assert_allclose(first, [0.01, 0.0, -0.01, 0.0, 0.0, math.pi / 2, 1.0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(second, [0.0] * 6 + [-1.0])
+    assert record["final_image_crc32"] > 0
+
+
+def test_success_before_the_last_step_does_not_count() -> None:
+    sim = FakeBridgeEnv(success_at={10, 59})  # succeeded, then knocked it off at the very end
+    record = SimplerBridgeEvaluator().run_episode(_episode(sim), ScriptedPolicy([OPEN]), _spec())
+    assert record["success"] is False and record["steps"] == 60 and len(sim.actions) == 60
+
+
+def test_eggplant_runs_120_steps_and_max_steps_caps_for_smoke_runs() -> None:
+    task = "widowx_put_eggplant_in_basket"
+    sim = FakeBridgeEnv(success_at={120})
+    record = SimplerBridgeEvaluator().run_episode(_episode(sim, task), ScriptedPolicy([OPEN]), _spec(task))
+    assert record["steps"] == 120 and record["success"] is True and record["protocol_steps"] == 120
+    sim = FakeBridgeEnv(success_at={7})
+    record = SimplerBridgeEvaluator().run_episode(_episode(sim), ScriptedPolicy([OPEN]), _spec(), max_steps=7)
+    assert record["steps"] == 7 and record["success"] is True and len(sim.actions) == 7
+    sim = FakeBridgeEnv()
+    record = SimplerBridgeEvaluator().run_episode(_episode(sim), ScriptedPolicy([OPEN]), _spec(), max_steps=500)
+    assert record["steps"] == 60  # never beyond the protocol
+
+
+def test_chunks_are_executed_through_the_policy_client() -> None:
+    sim = FakeBridgeEnv()
+    queries: list[np.ndarray] = []
+
+    def query(image: np.ndarray, text: str) -> np.ndarray:
+        queries.append(image)
+        chunk = np.zeros((4, 7), dtype=np.float32)
+        chunk[:, 0] = 0.001 * len(queries) + 0.0001 * np.arange(4)
+        chunk[:, 6] = np.array([1.0, 1.0, 0.0, 0.0])
+        return chunk
+
+    client = PolicyClient(query, mode="half", chunk_size=4)  # 2 actions per query
+    record = SimplerBridgeEvaluator().run_episode(_episode(sim), client, _spec(), max_steps=6)
+    assert record["steps"] == 6 and len(queries) == 3
+    xs = [float(a[0]) for a in sim.actions]
+    np.testing.assert_allclose(xs, [0.001, 0.0011, 0.002, 0.0021, 0.003, 0.0031], rtol=1e-5)
+    assert [float(a[6]) for a in sim.actions] == [1.0] * 6
+    np.testing.assert_array_equal(queries[1], to_policy_image(sim.frames[2]))
+
+
+def test_episode_close_closes_the_env() -> None:
+    sim = FakeBridgeEnv()
+    SimplerBridgeEvaluator().close_env(_episode(sim))
+    assert sim.closed
+
+
+# -------------------------------------------------------------------- compatibility
+def _config(normalizer: Any) -> dict[str, Any]:
+    return {"chunk_size": 4, "action_dim": 7, "normalizer": None if normalizer is None else normalizer.to_dict()}
+
+
+def test_check_bundle_rejects_a_signed_gripper_convention() -> None:
+    evaluator = SimplerBridgeEvaluator()
+    q = QuantileNormalizer(np.full(6, -1.0), np.full(6, 1.0), gripper=GripperConvention("unit"))
+    evaluator.check_bundle(_config(q))
+    evaluator.check_bundle(_config(None))
+    signed = QuantileNormalizer(np.full(6, -1.0), np.full(6, 1.0), gripper=GripperConvention("signed"))
+    with pytest.raises(IncompatibleBundleError, match="Bridge"):
+        evaluator.check_bundle(_config(signed))
+    with pytest.raises(IncompatibleBundleError):
+        evaluator.check_bundle({"chunk_size": 4, "action_dim": 8})
+
+
+# -------------------------------------------------------------------- backends and assets
+def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed: set[str] = set()
+    monkeypatch.setattr(ev, "_installed", lambda module: module in installed)
+    monkeypatch.delenv(ev.BACKEND_ENV, raising=False)
+    with pytest.raises(SimulatorImportError, match="pip install"):
+        ev.resolve_backend()
+    installed.add("mani_skill")
+    assert ev.resolve_backend() == "maniskill3"
+    installed.add("simpler_env")
+    assert ev.resolve_backend() == "simpler_env"  # auto prefers the original
+    monkeypatch.setenv(ev.BACKEND_ENV, "ManiSkill3")
+    assert ev.resolve_backend() == "maniskill3"
+    installed.discard("mani_skill")
+    with pytest.raises(SimulatorImportError, match="mani_skill is not installed"):
+        ev.resolve_backend()
+    monkeypatch.setenv(ev.BACKEND_ENV, "isaac")
+    with pytest.raises(ValueError, match="VLM4VLA_SIMPLER_BACKEND"):
+        ev.resolve_backend()
+    assert ev.resolve_backend("simpler_env") == "simpler_env"
+
+
+def test_maniskill3_assets_missing_is_a_clear_error(tmp_path: Path) -> None:
+    environ = {"MS_ASSET_DIR": str(tmp_path / "ms")}
+    with pytest.raises(SimulatorImportError) as err:
+        ev.ensure_assets("maniskill3", environ)
+    message = str(err.value)
+    assert str(tmp_path / "ms" / "data") in message and "MS_ASSET_DIR" in message
+    assert "download_asset bridge_v2_real2sim -y" in message and "download_asset widowx250s -y" in message
+    assert environ["MS_SKIP_ASSET_DOWNLOAD_PROMPT"] == "1"  # never the interactive prompt
+    # mani_skill 3.0 layout: $MS_ASSET_DIR/data/{tasks/bridge_v2_real2sim_dataset, robots/widowx}
+    (tmp_path / "ms" / "data" / "tasks" / "bridge_v2_real2sim_dataset").mkdir(parents=True)
+    with pytest.raises(SimulatorImportError, match="widowx250s") as err:
+        ev.ensure_assets("maniskill3", environ)
+    assert "assets widowx250s are missing" in str(err.value)  # only the one still missing
+    (tmp_path / "ms" / "data" / "robots" / "widowx").mkdir(parents=True)
+    assert ev.ensure_assets("maniskill3", environ) == tmp_path / "ms" / "data"
+    # the 3.0 betas' layout: $MS_ASSET_DIR/tasks/bridge_dataset
+    beta = {"MS_ASSET_DIR": str(tmp_path / "beta")}
+    (tmp_path / "beta" / "tasks" / "bridge_dataset").mkdir(parents=True)
+    (tmp_path / "beta" / "robots" / "widowx").mkdir(parents=True)
+    ev.ensure_assets("maniskill3", beta)
+    assert ev.maniskill3_asset_dir({}) == Path(os.path.expanduser("~")) / ".maniskill" / "data"
+
+
+def test_simpler_env_assets_are_located_or_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    checkout = tmp_path / "ManiSkill2_real2sim"
+    (checkout / "mani_skill2_real2sim").mkdir(parents=True)
+    monkeypatch.setattr(ev, "_real2sim_package_dir", lambda: checkout / "mani_skill2_real2sim")
+    environ: dict[str, str] = {}
+    with pytest.raises(SimulatorImportError, match="MS2_ASSET_DIR") as err:
+        ev.ensure_assets("simpler_env", environ)
+    assert str(checkout / "data") in str(err.value)
+    marker = checkout / "data" / "custom" / "info_bridge_custom_v0.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    assert ev.ensure_assets("simpler_env", environ) == checkout / "data"
+    assert environ["MS2_ASSET_DIR"] == str(checkout / "data")  # the simulator would look in ./data otherwise
+    explicit = {"MS2_ASSET_DIR": str(tmp_path / "elsewhere")}
+    with pytest.raises(SimulatorImportError, match="elsewhere"):
+        ev.ensure_assets("simpler_env", explicit)
+
+
+def test_a_download_prompt_fails_fast_instead_of_blocking() -> None:
+    def prompting_factory() -> Any:
+        answer = input("Environment assets not found. Download them now? [y/N] ")
+        raise AssertionError(f"the prompt was answered: {answer!r}")
+
+    with pytest.raises(SimulatorImportError, match="stdin"):
+        ev._build(prompting_factory, "maniskill3")
+    assert sys.stdin is not None and not isinstance(sys.stdin, __import__("io").StringIO)
+
+
+def test_make_env_without_a_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "_installed", lambda module: False)
+    monkeypatch.delenv(ev.BACKEND_ENV, raising=False)
+    with pytest.raises(SimulatorImportError, match="pip install"):
+        SimplerBridgeEvaluator().check_available()
+    with pytest.raises(SimulatorImportError, match="pip install"):
+        SimplerBridgeEvaluator().make_env(_spec(), seed=0)
+
+
+def test_cli_without_a_backend_exits_with_one_sentence(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "vla_config.json").write_text(
+        json.dumps({"backbone": "qwen2.5-vl", "backbone_config": {}, "chunk_size": 4, "action_dim": 7})
+    )
+    code = textwrap.dedent(
+        """
+        import sys
+        import vlm4vla_simpler.evaluator as ev
+        ev._installed = lambda module: False  # as on a machine without simpler_env / mani_skill
+        from vlm4vla.cli.evaluate import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != ev.BACKEND_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--suite", "simpler_bridge", "--ckpt", str(bundle), "--out", str(tmp_path / "o"),
+         "--quiet"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "simpler_bridge" in lines[0] and "pip install" in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("episodes.jsonl"))
