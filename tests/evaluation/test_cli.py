@@ -95,7 +95,10 @@ def test_results_do_not_depend_on_workers(tmp_path: Path, run_dir: Path) -> None
         results[workers] = _outcomes(tmp_path / f"w{workers}")
         assert result.ran == 32 and result.stats.episodes == 32
         if workers == 2:
-            assert max(result.stats.batch_sizes) == 2  # requests of both workers shared a forward
+            # Requests already waiting share a forward (never more than one per worker); whether
+            # two coincide depends on timing, so only the bound is asserted.
+            assert set(result.stats.batch_sizes) <= {1, 2}
+            assert sum(n * count for n, count in result.stats.batch_sizes.items()) == result.stats.samples
     assert results[1] == results[2]
     # The double is action-sensitive: the cells do not all agree.
     assert len({json.dumps(v) for v in results[1].values()}) > 1
