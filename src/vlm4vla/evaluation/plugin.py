@@ -37,6 +37,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 if TYPE_CHECKING:
     from vlm4vla.evaluation.client import PolicyClient
 
@@ -79,6 +81,11 @@ class Evaluator(abc.ABC):
     """Largest chunk the protocol allows (``None``: any)."""
     install_hint: ClassVar[str] = ""
     """One sentence on how to install the simulator, used in `SimulatorImportError` messages."""
+    gripper_convention: ClassVar[str | None] = None
+    """Gripper convention (``signed`` −1/+1 or ``unit`` 0/1) the env's actions use; a bundle whose
+    normaliser maps the gripper to the other one is refused. ``None``: not checked."""
+    gripper_hint: ClassVar[str] = ""
+    """What the env expects of the gripper and how to train for it (ends the refusal message)."""
 
     # ---------------------------------------------------------------- episodes
     @abc.abstractmethod
@@ -149,6 +156,33 @@ class Evaluator(abc.ABC):
                 f"the policy predicts chunks of {chunk} actions but suite {self.name!r} allows 1 to "
                 f"{self.max_chunk_size}"
             )
+        if self.gripper_convention is not None:
+            normalizer = config.get("normalizer") or {}
+            kind = (normalizer.get("gripper") or {}).get("kind", self.gripper_convention)
+            if kind != self.gripper_convention:
+                raise IncompatibleBundleError(
+                    f"the policy's normaliser maps the gripper to the {kind!r} convention of its training data, "
+                    f"but {self.gripper_hint}"
+                )
+
+
+def checked_action(action: Any, suite: str) -> np.ndarray:
+    """A policy action as a float64 (7,) array; one clear error for a wrong size or a non-finite value."""
+    action = np.asarray(action, dtype=np.float64).reshape(-1)
+    if action.shape != (7,):
+        raise ValueError(f"{suite} expects 7-d actions, the policy returned shape {action.shape}")
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"the policy returned a non-finite action {action.tolist()}")
+    return action
+
+
+def signed_gripper_action(action: Any, suite: str) -> np.ndarray:
+    """Policy action → a ±1-gripper env action (LIBERO, CALVIN): arm clipped to [-1, 1], gripper by sign."""
+    action = checked_action(action, suite)
+    out = np.empty(7, dtype=np.float64)
+    out[:6] = np.clip(action[:6], -1.0, 1.0)
+    out[6] = 1.0 if action[6] > 0 else -1.0
+    return out
 
 
 def _task_rank(evaluator: Evaluator, task: str) -> tuple[int, str]:

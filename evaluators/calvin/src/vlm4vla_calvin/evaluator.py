@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm4vla.evaluation.plugin import Evaluator, IncompatibleBundleError, SimulatorImportError
+from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, signed_gripper_action
 from vlm4vla_calvin import env as calvin_env_setup
 from vlm4vla_calvin.sequences import NUM_SEQUENCES, SEQUENCE_LENGTH, load_eval_set
 
@@ -75,15 +75,7 @@ class CalvinEpisode:
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
     """Policy action → calvin_env relative action: arm clipped to [-1, 1], gripper +1 (open) / −1 by sign."""
-    action = np.asarray(action, dtype=np.float64).reshape(-1)
-    if action.shape != (7,):
-        raise ValueError(f"CALVIN expects 7-d actions, the policy returned shape {action.shape}")
-    if not np.all(np.isfinite(action)):
-        raise ValueError(f"the policy returned a non-finite action {action.tolist()}")
-    out = np.empty(7, dtype=np.float64)
-    out[:6] = np.clip(action[:6], -1.0, 1.0)
-    out[6] = 1.0 if action[6] > 0 else -1.0
-    return out
+    return signed_gripper_action(action, "CALVIN")
 
 
 def static_image(obs: Mapping[str, Any]) -> np.ndarray:
@@ -141,6 +133,8 @@ class CalvinEvaluator(Evaluator):
     headline_metric = "avg_len"
     action_dim = 7
     install_hint = calvin_env_setup.INSTALL_HINT
+    gripper_convention = "signed"
+    gripper_hint = "CALVIN takes −1 (close) / +1 (open); train it with the CALVIN datamodule"
 
     def __init__(self, *, max_steps: int = EP_LEN, config_path: str | None = None, use_egl: bool | None = None) -> None:
         self.max_steps = int(max_steps)
@@ -176,14 +170,6 @@ class CalvinEvaluator(Evaluator):
         if self.use_egl is None:  # decided once, in the main process: every worker renders alike
             self.use_egl = calvin_env_setup.use_egl_from_env()
 
-    def check_bundle(self, config: Mapping[str, Any]) -> None:
-        super().check_bundle(config)
-        gripper = ((config.get("normalizer") or {}).get("gripper") or {}).get("kind", "signed")
-        if gripper != "signed":
-            raise IncompatibleBundleError(
-                f"the policy's normaliser maps the gripper to the {gripper!r} (0/1) convention of its training "
-                "data, but CALVIN takes −1 (close) / +1 (open); train it with the CALVIN datamodule"
-            )
 
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> CalvinEpisode:

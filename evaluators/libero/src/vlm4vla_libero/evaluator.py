@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.data.libero import libero_image_to_upright
-from vlm4vla.evaluation.plugin import Evaluator, IncompatibleBundleError, SimulatorImportError
+from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, signed_gripper_action
 
 SUITE = "libero_10"
 EPISODES_PER_TASK = 50
@@ -209,15 +209,7 @@ class LiberoEpisode:
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
     """Policy action → LIBERO action: arm clipped to [-1, 1], gripper −1 (open) / +1 (close) by sign."""
-    action = np.asarray(action, dtype=np.float64).reshape(-1)
-    if action.shape != (7,):
-        raise ValueError(f"LIBERO expects 7-d actions, the policy returned shape {action.shape}")
-    if not np.all(np.isfinite(action)):
-        raise ValueError(f"the policy returned a non-finite action {action.tolist()}")
-    out = np.empty(7, dtype=np.float64)
-    out[:6] = np.clip(action[:6], -1.0, 1.0)
-    out[6] = 1.0 if action[6] > 0 else -1.0
-    return out
+    return signed_gripper_action(action, "LIBERO")
 
 
 def _camera_size_from_env() -> int:
@@ -248,6 +240,8 @@ class LiberoEvaluator(Evaluator):
     headline_metric = "success_rate"
     action_dim = 7
     install_hint = INSTALL_HINT
+    gripper_convention = "signed"
+    gripper_hint = "LIBERO takes −1 (open) / +1 (close); train it with the LIBERO datamodule"
 
     def __init__(
         self, *, camera_size: int | None = None, wait_steps: int = WAIT_STEPS, max_steps: int = MAX_STEPS
@@ -278,14 +272,6 @@ class LiberoEvaluator(Evaluator):
         os.environ.setdefault("MUJOCO_GL", "egl")  # before the workers spawn: they inherit it
         ensure_libero_config()
 
-    def check_bundle(self, config: Mapping[str, Any]) -> None:
-        super().check_bundle(config)
-        gripper = ((config.get("normalizer") or {}).get("gripper") or {}).get("kind", "signed")
-        if gripper != "signed":
-            raise IncompatibleBundleError(
-                f"the policy's normaliser maps the gripper to the {gripper!r} (0/1) convention of its training "
-                "data, but LIBERO takes −1 (open) / +1 (close); train it with the LIBERO datamodule"
-            )
 
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> LiberoEpisode:

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm4vla.evaluation.plugin import Evaluator, IncompatibleBundleError, SimulatorImportError
+from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, checked_action
 
 # SimplerEnv task names in protocol order → ManiSkill3 env id, episode length.
 BRIDGE_TASKS: tuple[str, ...] = (
@@ -123,11 +123,7 @@ def gripper_to_env(gripper: float, threshold: float = 0.5) -> float:
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
     """Policy action (xyz, roll/pitch/yaw, gripper 0/1) → env action (xyz, axis-angle, gripper ±1)."""
-    action = np.asarray(action, dtype=np.float64).reshape(-1)
-    if action.shape != (7,):
-        raise ValueError(f"SimplerEnv-Bridge expects 7-d actions, the policy returned shape {action.shape}")
-    if not np.all(np.isfinite(action)):
-        raise ValueError(f"the policy returned a non-finite action {action.tolist()}")
+    action = checked_action(action, "SimplerEnv-Bridge")
     out = np.empty(7, dtype=np.float64)
     out[:3] = action[:3]
     out[3:6] = euler_to_axis_angle(*action[3:6])
@@ -357,6 +353,8 @@ class SimplerBridgeEvaluator(Evaluator):
     headline_metric = "success_rate"
     action_dim = 7
     install_hint = INSTALL_HINT
+    gripper_convention = "unit"
+    gripper_hint = "SimplerEnv-Bridge expects Bridge's 0/1 opening; train it with the Bridge datamodule"
 
     def __init__(self, *, backend: str | None = None) -> None:
         self.backend = backend
@@ -377,14 +375,6 @@ class SimplerBridgeEvaluator(Evaluator):
         ensure_assets(backend)  # sets the env vars before the workers spawn: they inherit them
         self.backend = backend  # workers get the resolved backend with the pickled evaluator
 
-    def check_bundle(self, config: Mapping[str, Any]) -> None:
-        super().check_bundle(config)
-        gripper = ((config.get("normalizer") or {}).get("gripper") or {}).get("kind", "unit")
-        if gripper != "unit":
-            raise IncompatibleBundleError(
-                f"the policy's normaliser maps the gripper to the {gripper!r} (−1/+1, close-positive) convention of "
-                "its training data, but SimplerEnv-Bridge expects Bridge's 0/1 opening; train it with the Bridge datamodule"
-            )
 
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> SimplerEpisode:
