@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.fixtures.calvin import rewrite_npz_field, truncate_file, write_calvin_split
-from vlm4vla.data.calvin import CalvinDataModule
+from vlm4vla.data.calvin import CalvinDataModule, load_window_actions
 from vlm4vla.data.formats.base import DatasetFormatError
 from vlm4vla.data.formats.npz_calvin import CalvinReader
 from vlm4vla.data.synthetic import decode_identity, has_marker_top_left
@@ -270,3 +270,36 @@ def test_annotation_window_outside_recorded_episodes(small_calvin: Path) -> None
         DatasetFormatError, match=r"auto_lang_ann\.npy: field 'info/indx' window 0 \[10, 20\] is not inside"
     ):
         _datamodule(small_calvin)
+
+
+def test_calvin_action_cache_keyed_on_frame_files(small_calvin: Path) -> None:
+    # Issue 10, item 19: the cache key covers the frame files (count, total size, newest mtime).
+    _datamodule(small_calvin)
+    split = small_calvin / "training"
+    assert len(list((split / "vlm4vla_cache").glob("calvin-training-*.npz"))) == 1
+    path = _window_frame(small_calvin)
+    frame = int(path.stem.split("_")[1])
+    edited = np.array([0.25, -0.5, 0.125, 0.0, 0.75, -0.25, 1.0])  # hand-chosen, exact in float32
+    rewrite_npz_field(path, "rel_actions", edited)  # edited in place: newer mtime
+    arrays = load_window_actions(CalvinReader(split))
+    row = int(np.searchsorted(arrays["frames"], frame))
+    assert arrays["frames"][row] == frame
+    np.testing.assert_array_equal(arrays["rel_actions"][row], edited.astype(np.float32))
+    dm = _datamodule(small_calvin, image_augmentation=False)  # the datamodule sees the edit too
+    ds = dm.train_dataset
+    windows = dm.reader("train").windows
+    segment = next(i for i, w in enumerate(ds.windows) if windows[w, 0] <= frame <= windows[w, 1])
+    sample = ds[int(ds._starts[segment]) + frame - int(windows[ds.windows[segment], 0])]
+    assert sample["frame_index"] == frame
+    np.testing.assert_allclose(sample["actions"][0, :6].numpy(), np.clip(edited[:6], -0.65, 0.65) / 0.65, atol=1e-6)
+
+
+def test_calvin_frame_summary_is_stats_only(small_calvin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlm4vla.data import cache
+
+    split = small_calvin / "training"
+    frames = sorted(split.glob("episode_*.npz"))
+    stats = [p.stat() for p in frames]
+    expected = f"{len(frames)}|{sum(s.st_size for s in stats)}|{max(s.st_mtime_ns for s in stats)}"
+    monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("frame read")))
+    assert cache.directory_summary(split, ".npz") == expected

@@ -3,13 +3,16 @@ RLDS formats, using the readers and fixture writers of those formats."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.lerobot import write_lerobot_dataset
+from tests.fixtures.lerobot import OPENPI_LIBERO_KEYS, write_lerobot_dataset
+from tests.fixtures.libero_hdf5 import libero_task_file, write_libero_hdf5
 from tests.fixtures.rlds import write_rlds_dataset
 from vlm4vla.data.bridge import BridgeDataModule
 from vlm4vla.data.datamodule import EpisodeDataModule
@@ -127,3 +130,79 @@ def test_worker_processes_give_identical_batches(kind: str, fmt: str, tmp_path: 
 
     for x, y in zip(batches(0), batches(2), strict=True):
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["actions"], y["actions"])
+
+
+# -- feature keys and layouts real tools write (issue 10, items 15, 17, 18) ------------------------
+def test_libero_datamodule_reads_openpi_lerobot_port(tmp_path: Path) -> None:
+    # openpi's LIBERO port: image / wrist_image / state / actions (lerobot v2.0, embedded PNGs).
+    truth = write_lerobot_dataset(tmp_path, version="v2.0", num_episodes=4, steps=10, image_size=32,
+                                  row_group_size="file", **OPENPI_LIBERO_KEYS)  # fmt: skip
+    with pytest.raises(DatasetFormatError, match=r"info\.json: missing field 'features\.action' \(non-image features"):
+        LiberoDataModule(tmp_path, format="lerobot", num_workers=0).setup("fit")
+    dm = LiberoDataModule(tmp_path, format="lerobot", action_key="actions", image_key="image", chunk_size=N,
+                          num_workers=0, val_fraction=0.25, image_augmentation=False)  # fmt: skip
+    dm.setup("fit")
+    ds = dm.train_dataset
+    assert sorted(ds.episodes.tolist() + dm.val_dataset.episodes.tolist()) == [0, 1, 2, 3]
+    raw = np.concatenate([truth["episodes"][e]["actions"] for e in ds.episodes]).astype(np.float64)
+    q01, q99 = np.quantile(raw, [0.01, 0.99], axis=0)
+    for index in range(len(ds)):
+        sample = ds[index]
+        episode = truth["episodes"][sample["episode_index"]]
+        t = sample["frame_index"]
+        np.testing.assert_array_equal(sample["image"], episode["frames"][t])  # image, not wrist_image
+        assert sample["instruction"] == episode["instruction"]
+        steps = np.minimum(t + np.arange(N), episode["length"] - 1)
+        expected = np.clip(2 * (episode["actions"][steps, :6] - q01[:6]) / (q99[:6] - q01[:6]) - 1, -1, 1)
+        np.testing.assert_allclose(sample["actions"][:, :6].numpy(), expected, atol=1e-5)
+
+
+def test_feature_keys_reach_the_hdf5_reader(tmp_path: Path) -> None:
+    root = write_libero_hdf5(tmp_path / "libero_10", num_tasks=1, demos_per_task=2, steps=6)
+    dm = LiberoDataModule(root, action_key="obs/joint_states", image_key="eye_in_hand_rgb", num_workers=0,
+                          val_fraction=0, image_augmentation=False)  # fmt: skip
+    dm.setup("fit")
+    reader = dm.train_dataset.reader
+    path = root / libero_task_file(0)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(reader.actions(1), f["data/demo_1/obs/joint_states"][()].astype(np.float32))
+        np.testing.assert_array_equal(reader.frame(1, 2), f["data/demo_1/obs/eye_in_hand_rgb"][2])
+    with pytest.raises(DatasetFormatError, match=rf"{path.name}: missing field 'data/demo_0/act' \(has: actions, dones,"):
+        LiberoDataModule(root, action_key="act", num_workers=0).setup("fit")
+    with pytest.raises(ValueError, match=r"instruction_key='task' applies to the rlds format only"):
+        LiberoDataModule(root, instruction_key="task", num_workers=0).setup("fit")
+
+
+def test_feature_keys_reach_the_rlds_reader(tmp_path: Path) -> None:
+    truth = write_rlds_dataset(tmp_path, flavour="libero", num_episodes=3, steps=4, val_episodes=1, image_size=16)
+    dm = LiberoDataModule(tmp_path / truth["name"], image_key="wrist_image", action_key="steps/action",
+                          instruction_key="language_instruction", num_workers=0, image_augmentation=False)  # fmt: skip
+    dm.setup("fit")
+    reader = dm.train_dataset.reader
+    assert (reader.image_key, reader.action_key) == ("steps/observation/wrist_image", "steps/action")
+    wrist = truth["splits"]["train"]["episodes"][1]["frames"]["wrist_image"]
+    errors = np.abs(reader.frame(1, 2).astype(int)[None] - wrist.astype(int)).mean(axis=(1, 2, 3))
+    assert int(np.argmin(errors)) == 2 and errors[2] < 3.0
+
+
+def test_bridge_blank_camera_skips_are_counted_not_reported_as_nan(tmp_path: Path, caplog) -> None:
+    truth = write_rlds_dataset(tmp_path / "some", flavour="bridge", num_episodes=4, steps=5, val_episodes=1,
+                               image_size=16, missing_primary=(0, 2), has_image_flags="zero")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="vlm4vla.data.datamodule"):
+        dm = BridgeDataModule(tmp_path / "some" / truth["name"], chunk_size=N, num_workers=0)
+        dm.setup("fit")
+    assert dm.train_dataset.episodes.tolist() == [1, 3]
+    assert "skipped 2 episode(s) without frames (blank primary camera or no steps) in the train split" in caplog.text
+    assert "NaN" not in caplog.text
+    # every training episode blank: say so, not "no training episodes with finite actions"
+    blank = write_rlds_dataset(tmp_path / "blank", flavour="bridge", num_episodes=2, steps=3, val_episodes=1,
+                               image_size=16, missing_primary=(0, 1))  # fmt: skip
+    with pytest.raises(DatasetFormatError, match=r"no training episodes with frames \(2 skipped for a blank primary"):
+        BridgeDataModule(tmp_path / "blank" / blank["name"], num_workers=0).setup("fit")
+
+
+def test_bridge_datamodule_root_above_versioned_folder(tmp_path: Path) -> None:
+    truth = write_rlds_dataset(tmp_path / "tfds", flavour="bridge", num_episodes=1, steps=3, val_episodes=0,
+                               image_size=16)  # fmt: skip
+    with pytest.raises(DatasetFormatError, match=rf"no dataset found .*found the RLDS dataset {truth['root']} below"):
+        BridgeDataModule(tmp_path / "tfds", num_workers=0).setup("fit")

@@ -7,10 +7,12 @@ import pickle
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.fixtures.lerobot import AV1_CODEC, WRIST_KEY, write_lerobot_dataset
+from tests.fixtures.lerobot import AV1_CODEC, OPENPI_LIBERO_KEYS, WRIST_KEY, write_lerobot_dataset
 from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader
 from vlm4vla.data.formats.lerobot import LeRobotReader
 
@@ -246,3 +248,94 @@ def test_dataloader_workers(tmp_path):
     frames = [frame.numpy() for frame in loader]
     for step, frame in enumerate(frames):
         _assert_frame(frame, written, 1, step, video=True)
+
+
+# -- layouts real tools write (issue 10, items 14, 15, 20) -----------------------------------------
+@pytest.mark.parametrize("row_groups", ["episode", "file"])
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_lerobot_embedded_frames_with_long_row_groups(tmp_path, version, row_groups):
+    # lerobot writes one row group per episode (0.4, v3.0) or per file (v2.x, the v2.1→v3.0
+    # converter): far longer than the reader's 8-row batches. Every frame, shuffled, exact.
+    written = write_lerobot_dataset(
+        tmp_path, version=version, row_group_size=row_groups, num_episodes=5, steps=19, image_size=24,
+        episodes_per_file=3,
+    )  # fmt: skip
+    data_files = sorted((tmp_path / "data").rglob("*.parquet"))
+    groups = [pq.ParquetFile(f).metadata.num_row_groups for f in data_files]
+    assert groups == ([3, 2] if row_groups == "episode" and version == "v3.0" else [1] * len(data_files))
+    reader = LeRobotReader(tmp_path)
+    pairs = [(e, t) for e, ep in enumerate(written["episodes"]) for t in range(ep["length"])]
+    for i in np.random.default_rng(0).permutation(len(pairs)):
+        e, t = pairs[i]
+        np.testing.assert_array_equal(reader.frame(e, t), written["episodes"][e]["frames"][t])
+
+
+def test_openpi_libero_feature_names(tmp_path):
+    written = write_lerobot_dataset(tmp_path, version="v2.0", num_episodes=2, steps=10, **OPENPI_LIBERO_KEYS)
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"info\.json: missing field 'features\.action' \(non-image features: state, actions, timestamp,",
+    ):
+        LeRobotReader(tmp_path)
+    reader = LeRobotReader(tmp_path, action_key="actions", image_key="image")
+    np.testing.assert_array_equal(reader.actions(1), written["episodes"][1]["actions"])
+    np.testing.assert_array_equal(reader.frame(1, 9), written["episodes"][1]["frames"][9])
+    assert reader.instruction(1) == written["episodes"][1]["instruction"]
+
+
+def _edit_info(root, edit):
+    path = root / "meta" / "info.json"
+    info = json.loads(path.read_text())
+    edit(info)
+    path.write_text(json.dumps(info))
+
+
+INFO_LIES = {
+    "total_frames": (lambda i: i.update(total_frames=i["total_frames"] + 1), r"field 'total_frames' is \d+ but"),
+    "total_episodes": (lambda i: i.update(total_episodes=7), r"field 'total_episodes' is 7 but .* lists 3"),
+    "image_shape": (
+        lambda i: i["features"]["observation.images.image"].update(shape=[48, 48, 3]),
+        r"field 'features\.observation\.images\.image\.shape' is \[48, 48, 3\] but .*decodes to \(16, 16, 3\)",
+    ),
+    "int_action_dtype": (
+        lambda i: i["features"]["action"].update(dtype="int64"),
+        r"field 'features\.action\.dtype' is 'int64' but .*parquet stores fixed_size_list<element: float>",
+    ),
+}
+
+
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+@pytest.mark.parametrize("lie", sorted(INFO_LIES))
+def test_info_json_lies_name_file_and_field(tmp_path, version, lie):
+    write_lerobot_dataset(tmp_path, version=version, num_episodes=3, steps=4, image_size=16)
+    edit, message = INFO_LIES[lie]
+    _edit_info(tmp_path, edit)
+    with pytest.raises(DatasetFormatError, match=rf"info\.json: {message}"):
+        reader = LeRobotReader(tmp_path)
+        reader.actions(0)
+        reader.frame(0, 0)
+
+
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_episode_lengths_checked_against_parquet_row_counts(tmp_path, version):
+    write_lerobot_dataset(tmp_path, version=version, num_episodes=2, steps=4)
+    if version == "v3.0":
+        path = tmp_path / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+        table = pq.read_table(path)
+        to = table.column("dataset_to_index").to_pylist()
+        table = table.set_column(table.schema.get_field_index("dataset_to_index"), "dataset_to_index",
+                                 pa.array([to[0] - 1, to[1]], pa.int64()))  # fmt: skip
+        table = table.set_column(table.schema.get_field_index("length"), "length", pa.array([3, 5], pa.int64()))
+        pq.write_table(table, path)
+        _edit_info(tmp_path, lambda i: i.update(total_frames=8))
+        with pytest.raises(DatasetFormatError, match=r"file-000\.parquet: holds 9 rows but meta/episodes/ field"):
+            LeRobotReader(tmp_path)
+    else:
+        path = tmp_path / "meta" / "episodes.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        lines[1]["length"] = 4
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        _edit_info(tmp_path, lambda i: i.update(total_frames=8))
+        reader = LeRobotReader(tmp_path)
+        with pytest.raises(DatasetFormatError, match=r"episode_000001\.parquet: holds 5 rows but meta/episodes\.jsonl"):
+            reader.actions(1)

@@ -309,3 +309,22 @@ def test_truncated_image_read_names_field(small_libero: Path) -> None:
     truncate_file(small_libero / libero_task_file(0), 0.6)
     with pytest.raises(DatasetFormatError, match=rf"{libero_task_file(0)}: cannot open HDF5 file"):
         dm.train_dataset[0]
+
+
+def test_explicit_cache_dir_not_writable_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 10, item 20: an explicit cache_dir is never silently replaced by the user cache.
+    root = write_libero_hdf5(tmp_path / "data", num_tasks=1, demos_per_task=2, steps=6)
+    monkeypatch.setenv("VLM4VLA_CACHE_DIR", str(tmp_path / "user"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    writable = cache._writable_dir
+    monkeypatch.setattr(cache, "_writable_dir", lambda p: p.resolve() != locked.resolve() and writable(p))
+    with pytest.raises(DatasetFormatError, match=rf"^{locked}: cache directory \(cache_dir / --cache-dir\) is not writable$"):
+        _datamodule(root, val_fraction=0.0, cache_dir=locked)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DatasetFormatError, match=r"a_file/cache: cache directory .* cannot be created"):
+        _datamodule(root, val_fraction=0.0, cache_dir=tmp_path / "a_file" / "cache")
+    assert not (tmp_path / "user").exists() and not (root / "vlm4vla_stats.json").exists()
+    assert stats_main(["libero", str(root), "--cache-dir", str(locked)]) == 2
+    dm = _datamodule(root, val_fraction=0.0, cache_dir=tmp_path / "new" / "cache")  # created when missing
+    assert (tmp_path / "new" / "cache" / "vlm4vla_stats.json").is_file() and dm.normalizer is not None

@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.rlds import tfrecord_frame, write_rlds_dataset
+from tests.fixtures.rlds import (
+    EPISODE_WRITER_TEMPLATE,
+    decode_example,
+    read_tfrecords,
+    tfrecord_frame,
+    write_rlds_dataset,
+)
 from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader
+from vlm4vla.data.formats.detect import detect_format, resolve_rlds_root
 from vlm4vla.data.formats.rlds import Example, RLDSReader, has_split, masked_crc32c
 
 torch.set_num_threads(1)
@@ -144,7 +151,8 @@ def test_missing_primary_camera_skips_episode(tmp_path, caplog):
     assert lengths == [4, 0, 6]
     assert reader.actions(1).shape == (0, 7)
     assert reader.skipped_episodes == {1}
-    assert "has_image_0' is false" in caplog.text and "1 skipped so far" in caplog.text
+    assert "has_image_0' is 0 and every 'steps/observation/image_0' frame is blank" in caplog.text
+    assert "1 skipped so far" in caplog.text
     with pytest.raises(IndexError):
         reader.frame(1, 0)
     np.testing.assert_array_equal(reader.actions(2), written["splits"]["train"]["episodes"][2]["actions"])
@@ -262,3 +270,94 @@ def test_masked_crc32c():
     assert masked_crc32c(b"123456789") == ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
     record = tfrecord_frame(b"payload")
     assert record[12:-4] == b"payload" and struct.unpack("<Q", record[:8])[0] == 7
+
+
+# -- layouts real tools write (issue 10, items 15-18) ----------------------------------------------
+def test_rlds_episode_writer_shard_names_without_of_n(tmp_path):
+    # The rlds EpisodeWriter / envlogger names shards {DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}
+    # and records that template and the shard lengths in dataset_info.json.
+    written = write_rlds_dataset(
+        tmp_path, flavour="bridge", num_episodes=5, steps=4, num_shards=3, val_episodes=2, image_size=16,
+        shard_template=EPISODE_WRITER_TEMPLATE,
+    )  # fmt: skip
+    names = sorted(p.name for p in written["root"].glob("*.tfrecord*"))
+    assert names == [f"bridge_dataset-train.tfrecord-0000{i}" for i in range(3)] + [
+        f"bridge_dataset-val.tfrecord-0000{i}" for i in range(2)
+    ]
+    assert has_split(written["root"], "train") and has_split(written["root"], "val")
+    for split in ("train", "val"):
+        reader = RLDSReader(written["root"], split=split)
+        truth = written["splits"][split]["episodes"]
+        assert len(reader) == len(truth)
+        for e, episode in enumerate(truth):
+            np.testing.assert_array_equal(reader.actions(e), episode["actions"])
+            _assert_frame(reader.frame(e, 3), episode["frames"]["image_0"], 3)
+
+
+def test_rlds_shards_named_by_template_missing_one(tmp_path):
+    written = write_rlds_dataset(
+        tmp_path, flavour="libero", num_episodes=3, steps=4, num_shards=3, val_episodes=0, image_size=16,
+        shard_template=EPISODE_WRITER_TEMPLATE,
+    )  # fmt: skip
+    (written["root"] / "libero_10_no_noops-train.tfrecord-00001").unlink()
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"split 'train' is missing shard\(s\) \[1\] of 3 \(libero_10_no_noops-train\.tfrecord-00001 named by",
+    ):
+        RLDSReader(written["root"])
+
+
+def test_rlds_without_template_falls_back_to_the_glob(copy, dataset):
+    info = json.loads((copy / "dataset_info.json").read_text())
+    for split in info["splits"]:
+        del split["filepathTemplate"]
+    (copy / "dataset_info.json").write_text(json.dumps(info))
+    reader = RLDSReader(copy)
+    np.testing.assert_array_equal(reader.actions(3), dataset["splits"]["train"]["episodes"][3]["actions"])
+
+
+def test_bridge_has_image_0_zero_with_real_frames_is_read(tmp_path, caplog):
+    # Real TFDS-written Bridge files flag has_image_0..3 = 0 on every episode; image_0 is real.
+    written = write_rlds_dataset(
+        tmp_path, flavour="bridge", num_episodes=4, steps=5, val_episodes=0, image_size=16,
+        has_image_flags="zero", missing_primary=[2],
+    )  # fmt: skip
+    payloads = [p for f in written["splits"]["train"]["files"] for p in read_tfrecords(f)]
+    assert all(decode_example(p)["episode_metadata/has_image_0"].tolist() == [0] for p in payloads)
+    reader = RLDSReader(written["root"])
+    truth = written["splits"]["train"]["episodes"]
+    with caplog.at_level(logging.WARNING, logger="vlm4vla.data.formats.rlds"):
+        lengths = [reader.episode_length(e) for e in range(len(reader))]
+    assert lengths == [5, 6, 0, 5]  # only episode 2, whose frames are really black, is skipped
+    assert reader.skipped_episodes == {2} and reader.flag_ignored_episodes == {0, 1, 3}
+    assert caplog.text.count("holds real frames") == 1  # said once, not per episode
+    for e in (0, 1, 3):
+        np.testing.assert_array_equal(reader.actions(e), truth[e]["actions"])
+        _assert_frame(reader.frame(e, 4), truth[e]["frames"]["image_0"], 4)
+
+
+def test_rlds_root_above_versioned_folder_names_it(tmp_path):
+    written = write_rlds_dataset(tmp_path / "data_dir", flavour="bridge", num_episodes=1, steps=3, val_episodes=0,
+                                 image_size=16)  # fmt: skip
+    found = str(written["root"])
+    with pytest.raises(DatasetFormatError, match=rf"data_dir: no RLDS dataset .* found the RLDS dataset {found} below"):
+        resolve_rlds_root(tmp_path / "data_dir")
+    with pytest.raises(DatasetFormatError, match=rf"data_dir: no dataset found .*; found the RLDS dataset {found} below"):
+        detect_format(tmp_path / "data_dir", ("rlds", "lerobot"))
+    assert resolve_rlds_root(written["root"].parent) == written["root"]  # <name>/ still resolves
+
+
+def test_rlds_action_and_instruction_keys(tmp_path):
+    # LIBERO RLDS has a second 7-wide per-step tensor (joint_state) and a text episode field.
+    dataset = write_rlds_dataset(tmp_path, flavour="libero", num_episodes=2, steps=3, val_episodes=0, image_size=16)
+    first = decode_example(read_tfrecords(dataset["splits"]["train"]["files"][0])[0])
+    reader = RLDSReader(dataset["root"], action_key="observation/joint_state", instruction_key="episode_metadata/file_path")
+    assert reader.action_key == "steps/observation/joint_state"
+    np.testing.assert_array_equal(reader.actions(0), first["steps/observation/joint_state"].reshape(-1, 7))
+    assert reader.instruction(0) == first["episode_metadata/file_path"][0].decode()
+    with pytest.raises(
+        DatasetFormatError, match=r"features\.json: missing field 'steps/actions' \(tensor features: steps/action, "
+    ):
+        RLDSReader(dataset["root"], action_key="actions")
+    with pytest.raises(DatasetFormatError, match=r"features\.json: missing field 'steps/instruction' \(text/tensor"):
+        RLDSReader(dataset["root"], instruction_key="instruction")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.evaluation import Evaluator, SimulatorImportError, register_evaluator
+from vlm4vla.evaluation.plugin import checked_action
 
 
 class ReachEnv:
@@ -79,7 +80,8 @@ class ReachEvaluator(Evaluator):
         limit = self.horizon if max_steps is None else min(max_steps, self.horizon)
         obs = env.observe()
         for t in range(limit):
-            obs = env.step(policy.act(obs, task))
+            # As the real plugins do: a NaN or wrong-sized action is one clear error.
+            obs = env.step(checked_action(policy.act(obs, task), self.name))
             if self._reached(task, env.x):
                 return {"success": True, "steps": t + 1, "final_x": round(env.x, 3)}
         return {"success": False, "steps": limit, "final_x": round(env.x, 3)}

@@ -75,3 +75,25 @@ def test_reports_written(tmp_path: Path) -> None:
     assert "**0.500**" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"bare {name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_summary_json_writes_null_for_empty_cells(tmp_path: Path) -> None:
+    empty = _cell(200, "full", math.nan)  # a cell without episodes yet
+    empty["metrics"]["per_task"]["u"] = {"episodes": 0, "sr": math.inf}
+    cells = [_cell(100, "full", 0.5), empty]
+    write_reports(tmp_path, "reach", "sr", cells)
+    summary = _strict_json((tmp_path / "summary.json").read_text())
+    assert [c["sr"] for c in summary["cells"]] == [0.5, None]
+    assert summary["cells"][1]["metrics"] == {"sr": None, "per_task": {"t": {"episodes": 4, "sr": None},
+                                                                      "u": {"episodes": 0, "sr": None}}}  # fmt: skip
+    assert summary["best"]["checkpoint"] == "step=100"
+    assert _strict_json((tmp_path / "best.json").read_text())["best"]["sr"] == 0.5
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["sr"] for r in rows] == ["0.5", ""]  # an empty CSV field, not "nan"

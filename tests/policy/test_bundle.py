@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from tests.backbones.conftest import TINY_VARIANTS, variant_id
 from vlm4vla.backbones import get_backbone
 from vlm4vla.policy import LoraSettings, VLAPolicy
-from vlm4vla.policy.bundle import CONFIG_NAME, WEIGHTS_NAME, BundleError
+from vlm4vla.policy.bundle import CONFIG_NAME, PROCESSOR_DIR, WEIGHTS_NAME, BundleError
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 80, 80, 3), dtype=np.uint8)
 TEXTS = ["pick up the cube", "open the drawer and put the bowl inside"]
@@ -80,3 +81,49 @@ def test_bad_bundles_are_clear_errors(tmp_path):
     (tmp_path / "c" / CONFIG_NAME).write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         VLAPolicy.from_pretrained(tmp_path / "c")
+
+
+def test_truncated_or_corrupt_safetensors_is_one_line_naming_the_file(tmp_path):
+    policy = VLAPolicy(get_backbone("qwen2.5-vl").tiny(), chunk_size=2)
+    policy.save_pretrained(tmp_path / "b")
+    weights = tmp_path / "b" / WEIGHTS_NAME
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:  # an interrupted copy
+        f.truncate(size // 2)
+    with pytest.raises(BundleError) as info:
+        VLAPolicy.from_pretrained(tmp_path / "b")
+    assert str(info.value) == (
+        f"{weights}: truncated or corrupt safetensors file "
+        "(Error while deserializing header: incomplete metadata, file not fully covered)"
+    )
+    weights.write_bytes(b"\xff" * 64)  # not a safetensors file at all
+    with pytest.raises(BundleError) as info:
+        VLAPolicy.from_pretrained(tmp_path / "b")
+    message = str(info.value)
+    assert message.startswith(f"{weights}: truncated or corrupt safetensors file (") and "\n" not in message
+
+
+def test_bundle_without_processor_never_reaches_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    import transformers.utils.hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"a bundle load asked the hub for {args} {kwargs}")
+
+    # Every transformers file lookup that is not a local directory goes through these.
+    monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    policy = VLAPolicy(get_backbone("qwen2.5-vl").tiny(), chunk_size=2)
+    policy.save_pretrained(tmp_path / "b_noproc")
+    shutil.rmtree(tmp_path / "b_noproc" / PROCESSOR_DIR)
+    monkeypatch.chdir(tmp_path)  # a relative path, which transformers would take for a repo id
+    with pytest.raises(BundleError) as info:
+        VLAPolicy.from_pretrained("b_noproc")
+    assert str(info.value) == (
+        "b_noproc/processor: missing; the bundle has no processor (tokenizer and image processor) files"
+    )
+    (tmp_path / "b_noproc" / PROCESSOR_DIR).mkdir()  # present but empty: still local, still one line
+    with pytest.raises(BundleError) as info:
+        VLAPolicy.from_pretrained("b_noproc")
+    assert str(info.value).startswith("b_noproc/processor: unreadable processor files (")
+    assert "\n" not in str(info.value)

@@ -81,7 +81,18 @@ def test_ablations_change_only_their_switch():
     base = load_recipe(RECIPES_DIR / "calvin" / "qwen2.5-vl-3b.yaml", environ={})
     frozen = load_recipe(RECIPES_DIR / "ablations" / "freeze-vision.yaml", environ={})
     assert frozen["model"].pop("freeze_vision_encoder") is True
+    assert frozen["trainer"].pop("default_root_dir") == "runs/ablations/freeze-vision"
+    base["trainer"].pop("default_root_dir")
     assert frozen == base
+
+
+def test_every_recipe_has_its_own_run_directory():
+    roots = {path: load_recipe(path, environ={})["trainer"].get("default_root_dir") for path in RECIPES}
+    assert all(isinstance(root, str) and root.startswith("runs/") for root in roots.values()), roots
+    assert len(set(roots.values())) == len(roots), "two recipes would share (and overwrite) one run directory"
+    for recipe in RECIPES:  # checkpoints follow default_root_dir: no recipe pins a checkpoint folder
+        callbacks = load_recipe(recipe, environ={})["trainer"].get("callbacks", [])
+        assert all("dirpath" not in c.get("init_args", {}) for c in callbacks), recipe
 
 
 def test_data_root_comes_from_one_place(tmp_path):

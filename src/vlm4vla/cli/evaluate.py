@@ -7,7 +7,8 @@
 
 Results go to ``OUT/<checkpoint>/<mode>/episodes.jsonl`` as each episode finishes; re-running
 the same command resumes (finished episodes are skipped). Reports: ``OUT/summary.{json,csv,md}``,
-``OUT/best.json``, ``OUT/curves.png``.
+``OUT/best.json``, ``OUT/curves.png``, rewritten only when every planned episode is on disk.
+One run at a time per OUT (an OS lock on ``OUT/.vlm4vla-eval.lock``); a second is refused.
 
 Extra plugin modules (which call `vlm4vla.evaluation.register_evaluator` on import) can be
 loaded with ``--plugin-module MOD`` or ``VLM4VLA_EVAL_PLUGINS=mod1,mod2``.
@@ -124,6 +125,7 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
     from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
 
     modes = parse_modes(args.modes)
+    evaluator.check_available()  # a missing simulator is told before any bundle is read
     checkpoints = resolve_checkpoints(args.ckpt)
     settings = SweepSettings(
         modes=modes,

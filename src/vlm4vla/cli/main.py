@@ -55,10 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vlm4vla.cli import fit
         from vlm4vla.data.formats.base import DatasetFormatError
         from vlm4vla.policy.bundle import BundleError
+        from vlm4vla.training.export import CheckpointWriteError
 
         try:
             return fit.run(argv)
-        except (ValueError, FileNotFoundError, DatasetFormatError, BundleError) as err:
+        except (ValueError, FileNotFoundError, DatasetFormatError, BundleError, CheckpointWriteError) as err:
             return _fail(argv[0], err)
     if argv and argv[0] == "stats":
         from vlm4vla.data import stats

@@ -1,7 +1,8 @@
 """Bridge-V2 datamodule: RLDS (``bridge_dataset/1.0.0``) or a LeRobot port.
 
 A sample is one frame of an episode: the primary camera (``image_0`` in RLDS; configurable
-with ``image_key`` for ports that name it differently), the episode's instruction, the next N
+with ``image_key`` — and the actions with ``action_key``, the RLDS instruction with
+``instruction_key`` — for ports that name them differently), the episode's instruction, the next N
 actions — 6 delta end-effector dims normalised with the training split's q01/q99 (cached in
 ``vlm4vla_stats.json`` next to the data), and the absolute gripper opening 0..1 binarised at 0.5
 (1 = open) — with a mask for steps past the episode end. Images are used as stored (upright).
@@ -29,6 +30,9 @@ class BridgeDataModule(EpisodeDataModule):
             dataset root (``meta/info.json``).
         format: ``"rlds"`` or ``"lerobot"``; detected from the files when None.
         image_key: camera to use (default ``image_0`` for RLDS, the reader's default for LeRobot).
+        action_key: action field (default ``steps/action`` for RLDS, ``action`` for LeRobot).
+        instruction_key: RLDS text feature of the instruction (default
+            ``steps/language_instruction``); LeRobot has none to choose (``meta/tasks``).
         crop_scale: random-resized-crop area fraction for training augmentation.
         chunk_size: N (paper: 4). Other arguments: see
             :class:`~vlm4vla.data.datamodule.EpisodeDataModule` and

@@ -6,7 +6,9 @@ re-reads a whole dataset). If ``<root>`` is not writable, the same files go to
 ``$VLM4VLA_CACHE_DIR`` or ``$XDG_CACHE_HOME/vlm4vla`` (default ``~/.cache/vlm4vla``), in a
 sub-directory named after a hash of the absolute data path. Entries are keyed by a
 fingerprint of the data files (relative path, size, mtime), so edited data is re-indexed.
-All writes are atomic (temporary file + rename): concurrent ranks can race harmlessly.
+All writes are atomic (temporary file + rename): concurrent ranks can race harmlessly. An
+explicit ``cache_dir`` is never replaced by another place: if it is not writable when a cache
+must be written, that is an error (:class:`DatasetFormatError` naming it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlm4vla.data.formats.base import DatasetFormatError
 
 STATS_FILENAME = "vlm4vla_stats.json"
 CACHE_DIRNAME = "vlm4vla_cache"
@@ -57,7 +61,23 @@ def cache_locations(root: str | Path, cache_dir: str | Path | None = None) -> li
     return places
 
 
+def check_cache_dir(cache_dir: str | Path) -> Path:
+    """An explicit cache directory, created if missing; one-line error if it cannot be written."""
+    path = Path(cache_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetFormatError(
+            f"{path}: cache directory (cache_dir / --cache-dir) cannot be created ({err.strerror or err})"
+        ) from err
+    if not _writable_dir(path):
+        raise DatasetFormatError(f"{path}: cache directory (cache_dir / --cache-dir) is not writable")
+    return path
+
+
 def writable_location(root: str | Path, cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:  # asked for explicitly: never silently write elsewhere
+        return check_cache_dir(cache_dir)
     for place in cache_locations(root, cache_dir):
         if _writable_dir(place):
             return place
@@ -70,13 +90,29 @@ def writable_location(root: str | Path, cache_dir: str | Path | None = None) -> 
     raise OSError(f"no writable cache directory for {root} (tried {cache_locations(root, cache_dir)})")
 
 
-def fingerprint(paths: Iterable[Path], base: Path) -> str:
-    """Hash of (path relative to ``base``, size, mtime) of ``paths``."""
+def fingerprint(paths: Iterable[Path], base: Path, extra: str = "") -> str:
+    """Hash of (path relative to ``base``, size, mtime) of ``paths``, and of ``extra``."""
     digest = hashlib.sha1()
     for path in sorted(paths):
         st = path.stat()
         digest.update(f"{path.relative_to(base)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if extra:
+        digest.update(f"extra|{extra}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def directory_summary(directory: Path, suffix: str) -> str:
+    """``count|total size|newest mtime`` of the files ending in ``suffix`` in ``directory``
+    (not recursive): from ``os.scandir`` stats only, so it stays cheap for 10^5-10^6 frames."""
+    count = total = newest = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(suffix) and entry.is_file():
+                st = entry.stat()
+                count += 1
+                total += st.st_size
+                newest = max(newest, st.st_mtime_ns)
+    return f"{count}|{total}|{newest}"
 
 
 def dataset_files(root: Path, *, skip_dirs: Iterable[str] = ()) -> list[Path]:
@@ -117,6 +153,8 @@ def load_stats_entry(
                 continue
             if key in entries:
                 return entries[key]
+    if cache_dir is not None:  # a miss will be computed then written there: fail before computing
+        check_cache_dir(cache_dir)
     return None
 
 
@@ -149,6 +187,8 @@ def load_arrays(
                     return {k: npz[k] for k in npz.files}
             except (OSError, ValueError, EOFError):
                 continue
+    if cache_dir is not None:  # a miss will be computed then written there: fail before computing
+        check_cache_dir(cache_dir)
     return None
 
 
@@ -164,7 +204,9 @@ __all__ = [
     "CACHE_DIRNAME",
     "STATS_FILENAME",
     "cache_locations",
+    "check_cache_dir",
     "dataset_files",
+    "directory_summary",
     "fingerprint",
     "load_arrays",
     "load_stats_entry",

@@ -56,9 +56,15 @@ class CalvinDataset(ChunkDataset):
 def load_window_actions(
     reader: CalvinReader, *, cache_dir: str | Path | None = None, num_threads: int = 1
 ) -> dict[str, np.ndarray]:
-    """``frames`` (sorted unique annotated frame ids) and their raw ``rel_actions``, cached."""
+    """``frames`` (sorted unique annotated frame ids) and their raw ``rel_actions``, cached.
+
+    The cache is keyed on the annotation and episode-range files and on the frame files'
+    count, total size and newest mtime (directory stats only), so an edited, added or removed
+    frame is re-read.
+    """
     key_files = [reader.root / LANG_ANN_PATH, reader.root / EP_START_END_PATH]
-    name = f"calvin-{reader.root.name}-{cache.fingerprint(key_files, reader.root)}"
+    frames_summary = cache.directory_summary(reader.root, ".npz")
+    name = f"calvin-{reader.root.name}-{cache.fingerprint(key_files, reader.root, extra=frames_summary)}"
     arrays = cache.load_arrays(reader.root, name, cache_dir)
     if arrays is not None:
         return arrays

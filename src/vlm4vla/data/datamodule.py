@@ -211,8 +211,15 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches_done": done}
 
     def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
-        if isinstance(self.sampler, EpochDistributedSampler):
-            self.sampler.resume_from(state_dict["epoch"], state_dict["batches_done"] * int(self.batch_size))
+        if not isinstance(self.sampler, EpochDistributedSampler):
+            return
+        epoch, skip = int(state_dict["epoch"]), int(state_dict["batches_done"]) * int(self.batch_size)
+        if skip >= len(self.sampler):  # saved on an epoch's last batch: the next epoch starts afresh
+            epoch, skip = epoch + 1, 0
+        self.sampler.resume_from(epoch, skip)
+        # With worker processes, Lightning creates the iterator (which draws the first index
+        # batches at once) before it sets the epoch of the resumed run: set it now.
+        self.sampler.set_epoch(epoch)
 
 
 class VLADataModule(pl.LightningDataModule, abc.ABC):
@@ -388,6 +395,8 @@ class EpisodeDataModule(VLADataModule):
         *,
         format: str | None = None,
         image_key: str | None = None,
+        action_key: str | None = None,
+        instruction_key: str | None = None,
         val_fraction: float = 0.05,
         split_seed: int = 0,
         chunk_size: int = 4,
@@ -401,6 +410,9 @@ class EpisodeDataModule(VLADataModule):
         self.root = Path(root)
         self.format = format
         self.image_key = image_key
+        self.action_key = action_key
+        self.instruction_key = instruction_key
+        self._empty_episodes: dict[str, list[str]] = {}  # split → sources of episodes without frames
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
         self._index: dict[str, dict[str, np.ndarray]] = {}
@@ -438,7 +450,14 @@ class EpisodeDataModule(VLADataModule):
         if split not in self._readers:
             fmt = self.resolved_format
             key = self.image_key or self.default_image_key(fmt)
-            self._readers[split] = open_episode_reader(fmt, self.root, split=split, image_key=key)
+            self._readers[split] = open_episode_reader(
+                fmt,
+                self.root,
+                split=split,
+                image_key=key,
+                action_key=self.action_key,
+                instruction_key=self.instruction_key,
+            )
         return self._readers[split]
 
     def _split_name(self) -> str:
@@ -450,7 +469,10 @@ class EpisodeDataModule(VLADataModule):
         if self._fingerprint_value is None:
             root = resolve_rlds_root(self.root) if self.resolved_format == "rlds" else self.root
             files = cache.dataset_files(root, skip_dirs=("videos", "images"))
-            self._fingerprint_value = cache.fingerprint(files, root if root.is_dir() else root.parent)
+            # The keys choose what is indexed (RLDS camera skips depend on the image key), and
+            # "index-2" retires indexes that skipped Bridge episodes on has_image_0 alone.
+            keys = f"index-2|{self.image_key}|{self.action_key}|{self.instruction_key}"
+            self._fingerprint_value = cache.fingerprint(files, root if root.is_dir() else root.parent, extra=keys)
         return self._fingerprint_value
 
     def _load_index(self, split: str) -> dict[str, np.ndarray]:
@@ -501,15 +523,18 @@ class EpisodeDataModule(VLADataModule):
             if self.val_fraction > 0 and count > 1:
                 n_val = min(max(n_val, 1), count - 1)
             out = {"train": ("train", np.sort(order[n_val:])), "val": ("train", np.sort(order[:n_val]))}
-        return {name: (disk, self._finite_episodes(disk, ids)) for name, (disk, ids) in out.items()}
+        return {name: (disk, self._finite_episodes(disk, ids, name)) for name, (disk, ids) in out.items()}
 
-    def _finite_episodes(self, disk_split: str, episodes: np.ndarray) -> np.ndarray:
+    def _finite_episodes(self, disk_split: str, episodes: np.ndarray, name: str = "train") -> np.ndarray:
         index = self._load_index(disk_split)
         offsets = np.concatenate([[0], np.cumsum(index["lengths"])])
         keep = []
         dropped = []
+        empty = self._empty_episodes.setdefault(name, [])
+        empty.clear()
         for ep in episodes:
-            if index["lengths"][ep] == 0:
+            if index["lengths"][ep] == 0:  # no frames (e.g. a really blank RLDS camera): not a NaN skip
+                empty.append(str(index["sources"][ep]))
                 continue
             acts = index["actions"][offsets[ep] : offsets[ep + 1]]
             where = str(index["sources"][ep])
@@ -525,6 +550,14 @@ class EpisodeDataModule(VLADataModule):
                 disk_split,
                 ", ".join(dropped[:3]),
             )
+        if empty:
+            log.warning(
+                "%s: skipped %d episode(s) without frames (blank primary camera or no steps) in the %s split, e.g. %s",
+                self.dataset_name,
+                len(empty),
+                name,
+                ", ".join(empty[:3]),
+            )
         return np.asarray(keep, dtype=np.int64)
 
     # -- statistics ---------------------------------------------------------------------------
@@ -539,6 +572,12 @@ class EpisodeDataModule(VLADataModule):
         disk, episodes = self._episode_split()["train"]
         index = self._load_index(disk)
         if len(episodes) == 0:
+            empty = self._empty_episodes.get("train", [])
+            if empty:
+                raise DatasetFormatError(
+                    f"{self.root}: no training episodes with frames ({len(empty)} skipped for a blank primary "
+                    f"camera or no steps, e.g. {empty[0]})"
+                )
             raise DatasetFormatError(f"{self.root}: no training episodes with finite actions")
         offsets = np.concatenate([[0], np.cumsum(index["lengths"])])
         raw = np.concatenate([index["actions"][offsets[e] : offsets[e + 1]] for e in episodes])

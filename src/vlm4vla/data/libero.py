@@ -46,7 +46,13 @@ class LiberoDataModule(EpisodeDataModule):
             or an RLDS directory (``features.json`` + tfrecords, or its parent).
         format: ``"hdf5"``, ``"lerobot"`` or ``"rlds"``; detected from the files when None.
         image_key: camera to use (defaults: ``agentview_rgb`` for HDF5, ``image`` for RLDS, the
-            reader's default for LeRobot).
+            reader's default for LeRobot: ``observation.images.image``, ``image``, ...).
+        action_key: action field (defaults: ``actions`` for HDF5, ``action`` for LeRobot,
+            ``steps/action`` for RLDS). openpi's LeRobot port of LIBERO needs
+            ``action_key="actions", image_key="image"``.
+        instruction_key: RLDS text feature of the instruction (default
+            ``steps/language_instruction``); HDF5 and LeRobot have none to choose (``problem_info``,
+            ``meta/tasks``), so it must stay None for them.
         rotate_180: override the per-format orientation fix (see the module docstring).
         crop_scale: random-resized-crop area fraction for training augmentation.
         chunk_size: N (paper: 4). Other arguments: see

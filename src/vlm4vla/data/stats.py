@@ -2,8 +2,8 @@
 
 ``main(argv)`` is the body of the ``vlm4vla stats`` sub-command::
 
-    vlm4vla stats {calvin,libero,bridge} ROOT [--format F] [--image-key K]
-                  [--val-fraction 0.05] [--split-seed 0] [--cache-dir DIR] [--output FILE]
+    vlm4vla stats {calvin,libero,bridge} ROOT [--format F] [--image-key K] [--action-key K]
+                  [--instruction-key K] [--val-fraction 0.05] [--split-seed 0] [--cache-dir DIR] [--output FILE]
 
 It builds the datamodule's cached action index and statistics (exactly what training would
 compute) and prints the normaliser as JSON.
@@ -56,6 +56,8 @@ def build_datamodule(
     *,
     format: str | None = None,
     image_key: str | None = None,
+    action_key: str | None = None,
+    instruction_key: str | None = None,
     val_fraction: float = 0.05,
     split_seed: int = 0,
     cache_dir: str | Path | None = None,
@@ -63,6 +65,9 @@ def build_datamodule(
     """The datamodule ``vlm4vla stats`` works on (no workers: index building is I/O bound)."""
     if dataset == "calvin":
         from vlm4vla.data.calvin import CalvinDataModule
+
+        if action_key or instruction_key:
+            raise ValueError("--action-key / --instruction-key apply to libero and bridge (CALVIN's are fixed)")
 
         return CalvinDataModule(
             root, num_workers=0, cache_dir=cache_dir, **({"image_key": image_key} if image_key else {})
@@ -77,6 +82,8 @@ def build_datamodule(
         root,
         format=format,
         image_key=image_key,
+        action_key=action_key,
+        instruction_key=instruction_key,
         val_fraction=val_fraction,
         split_seed=split_seed,
         num_workers=0,
@@ -92,6 +99,8 @@ def make_parser(prog: str = "vlm4vla stats") -> argparse.ArgumentParser:
     parser.add_argument("root", type=Path, help="dataset directory")
     parser.add_argument("--format", choices=("hdf5", "lerobot", "rlds"), default=None, help="default: detect")
     parser.add_argument("--image-key", default=None)
+    parser.add_argument("--action-key", default=None, help="e.g. 'actions' (openpi's LIBERO port)")
+    parser.add_argument("--instruction-key", default=None, help="RLDS only (default steps/language_instruction)")
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: next to the data")
@@ -109,12 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.root,
             format=args.format,
             image_key=args.image_key,
+            action_key=args.action_key,
+            instruction_key=args.instruction_key,
             val_fraction=args.val_fraction,
             split_seed=args.split_seed,
             cache_dir=args.cache_dir,
         )
         normalizer = compute_stats(datamodule)
-    except DatasetFormatError as err:
+    except (DatasetFormatError, ValueError) as err:  # bad data or bad options: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(normalizer.to_dict(), indent=2)

@@ -86,7 +86,7 @@ def summary_csv(cells: Sequence[Mapping[str, Any]]) -> str:
         row = [cell.get(k) for k in head]
         row += [cell.get("metrics", {}).get(m) for m in metric_names]
         row += [per_task.get(t, {}).get(metric) for t in task_names]
-        writer.writerow(["" if v is None else v for v in row])
+        writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in row])
     return buf.getvalue()
 
 
@@ -153,6 +153,25 @@ def plot_curves(path: str | os.PathLike, cells: Sequence[Mapping[str, Any]], met
     return True
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/±inf (a cell or task without episodes) as None and numpy scalars as
+    Python ones, so the reports are strict JSON that any parser reads."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _dumps(payload: Any) -> str:
+    # allow_nan=False: a non-finite float that slipped past json_safe is a bug, not bare NaN.
+    return json.dumps(json_safe(payload), indent=2, allow_nan=False, default=str) + "\n"
+
+
 def write_reports(
     out: str | os.PathLike, suite: str, metric: str, cells: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any] | None:
@@ -160,10 +179,10 @@ def write_reports(
     out = Path(out)
     best = pick_best(cells, metric)
     payload = {"suite": suite, "headline_metric": metric, "cells": list(cells), **best_payload(best, metric)}
-    write_atomic(out / "summary.json", json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    write_atomic(out / "summary.json", _dumps(payload))
     write_atomic(out / "summary.csv", summary_csv(cells))
     write_atomic(out / "summary.md", summary_markdown(suite, cells, best, metric))
-    write_atomic(out / "best.json", json.dumps(best_payload(best, metric), indent=2) + "\n")
+    write_atomic(out / "best.json", _dumps(best_payload(best, metric)))
     plot_curves(out / "curves.png", cells, metric, suite)
     return best
 

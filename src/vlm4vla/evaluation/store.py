@@ -8,13 +8,20 @@
 * ``meta.json`` beside it records the settings that change outcomes (suite, seed, max steps);
   resuming with different settings is refused instead of mixing incompatible episodes.
 * Summaries are written atomically (`write_atomic`: temp file + fsync + rename).
+* One run at a time per output directory: `ResultsLock` holds an OS lock (``flock``) on
+  ``OUT/.vlm4vla-eval.lock`` for the whole run; a second run is refused, naming the holder.
+  The OS drops the lock when the holder exits, however it exits, so a stale file never blocks.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,7 @@ from vlm4vla.evaluation.plugin import EvaluationError
 
 EPISODES_NAME = "episodes.jsonl"
 META_NAME = "meta.json"
+LOCK_NAME = ".vlm4vla-eval.lock"
 
 
 class StoreError(EvaluationError):
@@ -60,6 +68,63 @@ def ensure_writable(directory: str | os.PathLike) -> Path:
         reason = err.strerror or type(err).__name__
         raise StoreError(f"output directory {directory} is not writable ({reason})") from None
     return directory
+
+
+class ResultsLock:
+    """An exclusive, non-blocking ``flock`` on ``OUT/.vlm4vla-eval.lock`` while a run writes to OUT.
+
+    Two runs appending to the same ``episodes.jsonl`` would each run every missing episode
+    (duplicates), and one's tail repair could cut the other's line in half. The file holds the
+    holder's pid, host and start time, for the refusal message; it is never deleted (deleting a
+    locked file lets a third run lock a new inode while the first still runs).
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> ResultsLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"{self.path}: cannot open the results lock ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise StoreError(
+                    f"{self.path.parent} is in use by another vlm4vla-eval run ({holder}); "
+                    "wait for it to finish or use another --out"
+                ) from None
+            raise StoreError(f"{self.path}: cannot lock the results directory ({err.strerror})") from None
+        info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ResultsLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 512, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    # The holder writes its line just after locking: an empty file means it is starting up.
+    return text.splitlines()[0] if text else "holder details not written yet"
 
 
 class CellStore:

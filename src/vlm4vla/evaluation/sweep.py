@@ -16,8 +16,8 @@ from vlm4vla.evaluation.chunking import MODES, steps_per_query
 from vlm4vla.evaluation.plugin import EvaluationError, Evaluator
 from vlm4vla.evaluation.report import write_reports
 from vlm4vla.evaluation.runner import Job, PredictFn, RunStats, episode_seed, make_pool
-from vlm4vla.evaluation.store import CellStore, cell_directory, ensure_writable, episode_key
-from vlm4vla.policy.bundle import CONFIG_NAME, BundleError, read_bundle_config
+from vlm4vla.evaluation.store import CellStore, ResultsLock, cell_directory, ensure_writable, episode_key
+from vlm4vla.policy.bundle import CONFIG_NAME, BundleError, check_bundle_files
 
 _STEP = re.compile(r"^step=(\d+)$")
 
@@ -33,13 +33,17 @@ class Checkpoint:
 
 
 def resolve_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
-    """One bundle, or every ``step=*`` bundle of a run directory (or of its ``checkpoints/``), by step."""
+    """One bundle, or every ``step=*`` bundle of a run directory (or of its ``checkpoints/``), by step.
+
+    Every bundle's files are checked here (config, complete weights, processor), so a bad
+    bundle stops the sweep before any simulator starts rather than after hours of rollouts.
+    """
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such policy bundle or run directory")
     if (path / CONFIG_NAME).is_file() or not path.is_dir():
         match = _STEP.match(path.name)
-        return [Checkpoint(path.name, path, int(match.group(1)) if match else None, read_bundle_config(path))]
+        return [Checkpoint(path.name, path, int(match.group(1)) if match else None, check_bundle_files(path))]
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = sorted(
         ((int(m.group(1)), d) for d in root.iterdir() if d.is_dir() and (m := _STEP.match(d.name))),
@@ -49,7 +53,14 @@ def resolve_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
         raise BundleError(
             f"{path}: neither a policy bundle ({CONFIG_NAME}) nor a run directory with checkpoints/step=* bundles"
         )
-    return [Checkpoint(d.name, d, step, read_bundle_config(d)) for step, d in found]
+    checkpoints = []
+    for step, d in found:
+        try:
+            config = check_bundle_files(d)
+        except BundleError as err:
+            raise BundleError(f"bundle {d.name} of run directory {path} is unusable: {err}") from None
+        checkpoints.append(Checkpoint(d.name, d, step, config))
+    return checkpoints
 
 
 @dataclass
@@ -133,6 +144,10 @@ def run_sweep(
     every bundle's compatibility with the suite, the simulator's availability, the task list
     and the results already stored. ``on_plan(to_run, already_done)`` is called once before
     running, ``on_record(record)`` after each stored episode.
+
+    ``out`` is locked for the run (`ResultsLock`). The reports are rewritten only once every
+    planned episode is on disk: a failed or interrupted run leaves the previous reports as
+    they were (its finished episodes are kept and the next run resumes from them).
     """
     out = ensure_writable(out)
     for ckpt in checkpoints:
@@ -142,6 +157,22 @@ def run_sweep(
             raise type(err)(f"{ckpt.path}: {err}") from None
     evaluator.check_available()
     specs = plan_episodes(evaluator, settings)
+    if not specs:
+        raise EvaluationError(f"suite {evaluator.name!r}: no episodes to run for the selected tasks")
+    with ResultsLock(out):
+        return _run_locked(evaluator, checkpoints, out, settings, specs, policy_loader, on_plan, on_record)
+
+
+def _run_locked(
+    evaluator: Evaluator,
+    checkpoints: Sequence[Checkpoint],
+    out: Path,
+    settings: SweepSettings,
+    specs: Sequence[dict[str, Any]],
+    policy_loader: PolicyLoader,
+    on_plan: Callable[[int, int], None] | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> SweepResult:
     first_of_task: dict[str, list[Any]] = {}
     for spec in specs:
         first_of_task.setdefault(spec["task"], []).append(spec["episode_id"])
@@ -189,22 +220,14 @@ def run_sweep(
         if on_record is not None:
             on_record(record)
 
-    interrupted = True
-    try:
-        if to_run:
-            with make_pool(evaluator, settings.workers, max_batch=settings.max_batch) as pool:
-                for ckpt in checkpoints:
-                    jobs = jobs_by_ckpt[ckpt.name]
-                    if jobs:
-                        pool.run(jobs, policy_loader(ckpt), store_record, stats)
-        interrupted = False
-    finally:
-        if interrupted:
-            # Keep the summaries true to what is on disk even after Ctrl-C; never mask the error.
-            try:
-                _summarize(evaluator, checkpoints, settings, stores, specs, out)
-            except Exception:
-                pass
+    # No reports on failure: partial cells would replace the last complete summary (or write
+    # ``"best": null`` for a sweep whose first bundle failed to load).
+    if to_run:
+        with make_pool(evaluator, settings.workers, max_batch=settings.max_batch) as pool:
+            for ckpt in checkpoints:
+                jobs = jobs_by_ckpt[ckpt.name]
+                if jobs:
+                    pool.run(jobs, policy_loader(ckpt), store_record, stats)
     cells, best = _summarize(evaluator, checkpoints, settings, stores, specs, out)
     return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped)
 
@@ -244,5 +267,11 @@ def _summarize(
                     "metrics": metrics,
                 }
             )
+    incomplete = [f"{c['checkpoint']}/{c['mode']}" for c in cells if not c["complete"]]
+    if incomplete:
+        # Reports are rebuilt only from complete data; the episodes stay on disk for a re-run.
+        raise EvaluationError(
+            f"{out}: cells {', '.join(incomplete)} are missing episodes after the run; reports not rewritten"
+        )
     best = write_reports(out, evaluator.name, metric, cells)
     return cells, best

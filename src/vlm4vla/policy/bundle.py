@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 if TYPE_CHECKING:
@@ -124,17 +125,49 @@ def read_bundle_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_bundle(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> VLAPolicy:
-    from vlm4vla.backbones import get_backbone
-    from vlm4vla.policy.policy import LoraSettings, VLAPolicy
+def check_bundle_files(directory: str | os.PathLike) -> dict[str, Any]:
+    """Check a bundle's files without loading any weights: the config, a complete safetensors
+    file (header read through a memory map, so cheap for any model size) and ``processor/``.
 
+    Returns the bundle config. Every problem is a `BundleError` naming the file.
+    """
     directory = Path(directory)
     config = read_bundle_config(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise BundleError(f"{weights}: missing; the bundle has no weights")
+    try:
+        # safetensors checks that the header's tensor offsets cover the file exactly, which
+        # catches a truncated copy or a damaged header before any simulator starts.
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise BundleError(f"{weights}: truncated or corrupt safetensors file ({_first_line(err)})") from None
+    processor = directory / PROCESSOR_DIR
+    if not processor.is_dir():
+        raise BundleError(f"{processor}: missing; the bundle has no processor (tokenizer and image processor) files")
+    return config
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_bundle(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> VLAPolicy:
+    from vlm4vla.backbones import get_backbone
+    from vlm4vla.policy.policy import LoraSettings, VLAPolicy
+
+    directory = Path(directory)
+    config = check_bundle_files(directory)
+    weights = directory / WEIGHTS_NAME
     cls = get_backbone(config["backbone"])
-    processor = cls.load_processor(directory / PROCESSOR_DIR, local_files_only=True)
+    processor_dir = (directory / PROCESSOR_DIR).resolve()
+    try:
+        # An absolute path of an existing directory: transformers never takes it for a hub id.
+        processor = cls.load_processor(processor_dir, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{directory / PROCESSOR_DIR}: unreadable processor files ({_first_line(err)})") from None
     backbone = cls.from_config(
         config["backbone_config"],
         processor=processor,
@@ -156,6 +189,8 @@ def load_bundle(directory: str | os.PathLike, *, device: torch.device | str = "c
         policy.apply_lora(LoraSettings(**config["lora"]))
     try:
         missing, unexpected = load_model(policy, str(weights), strict=False)
+    except SafetensorError as err:
+        raise BundleError(f"{weights}: truncated or corrupt safetensors file ({_first_line(err)})") from None
     except (RuntimeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[-1].strip()
         raise BundleError(

@@ -108,6 +108,31 @@ def validate_recipe(recipe: Mapping[str, Any], source: str) -> None:
             )
 
 
+def key_source(recipes: list[str], key: str) -> str | None:
+    """The recipe file that sets the dotted ``key`` (the last ``--config`` wins, and in an
+    ``extends`` chain the most derived file); ``None`` if no file sets it."""
+    for recipe in reversed(recipes):
+        path: Path | None = Path(recipe).resolve()
+        seen: set[Path] = set()
+        while path is not None and path.is_file() and path not in seen:
+            seen.add(path)
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError:
+                break
+            node: Any = data
+            for part in key.split("."):
+                node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+            if node is not _MISSING:
+                return str(path)
+            parent = data.get("extends") if isinstance(data, Mapping) else None
+            path = (path.parent / parent).resolve() if isinstance(parent, str) else None
+    return None
+
+
+_MISSING = object()
+
+
 def list_recipes(directory: str | os.PathLike = RECIPES_DIR) -> list[Path]:
     """Every runnable recipe under ``directory`` (files starting with ``_`` are bases)."""
     return sorted(p for p in Path(directory).rglob("*.yaml") if not p.name.startswith("_"))

@@ -14,6 +14,28 @@ def _is_rlds_dir(path: Path) -> bool:
     return (path / "features.json").is_file() and any(path.glob("*.tfrecord*"))
 
 
+def _rlds_dirs_below(root: Path) -> list[Path]:
+    """RLDS directories two levels down (``<data_dir>/<name>/<version>/``, the TFDS layout)."""
+    if not root.is_dir():
+        return []
+    found = [
+        version
+        for name in sorted(root.iterdir())
+        if name.is_dir()
+        for version in sorted(name.iterdir(), key=_version_key)
+        if version.is_dir() and _is_rlds_dir(version)
+    ]
+    return found
+
+
+def _below_hint(root: Path) -> str:
+    found = _rlds_dirs_below(root)
+    if not found:
+        return ""
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"; found the RLDS dataset {found[0]}{more} below it: pass that directory or its parent"
+
+
 def _version_key(path: Path) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in path.name.split("."))
 
@@ -31,7 +53,7 @@ def resolve_rlds_root(root: str | Path) -> Path:
     )
     if versions:
         return versions[-1]
-    raise DatasetFormatError(f"{root}: no RLDS dataset (features.json + *.tfrecord-*) found")
+    raise DatasetFormatError(f"{root}: no RLDS dataset (features.json + *.tfrecord-*) found{_below_hint(root)}")
 
 
 def detect_format(root: str | Path, allowed: tuple[str, ...] = EPISODE_FORMATS) -> str:
@@ -57,7 +79,8 @@ def detect_format(root: str | Path, allowed: tuple[str, ...] = EPISODE_FORMATS) 
     if not usable:
         looked = {"hdf5": "*.hdf5", "lerobot": "meta/info.json", "rlds": "features.json + *.tfrecord-*"}
         wanted = ", ".join(looked[f] for f in allowed)
-        raise DatasetFormatError(f"{root}: no dataset found (looked for {wanted})")
+        hint = _below_hint(root) if "rlds" in allowed else ""
+        raise DatasetFormatError(f"{root}: no dataset found (looked for {wanted}){hint}")
     if len(usable) > 1:
         raise DatasetFormatError(
             f"{root}: several formats found ({', '.join(usable)}); pass format= explicitly"
@@ -66,20 +89,41 @@ def detect_format(root: str | Path, allowed: tuple[str, ...] = EPISODE_FORMATS) 
 
 
 def open_episode_reader(
-    fmt: str, root: str | Path, *, split: str = "train", image_key: str | None = None
+    fmt: str,
+    root: str | Path,
+    *,
+    split: str = "train",
+    image_key: str | None = None,
+    action_key: str | None = None,
+    instruction_key: str | None = None,
 ) -> EpisodeReader:
-    """Open the reader of ``fmt`` (LeRobot and RLDS readers are imported only when used)."""
+    """Open the reader of ``fmt`` (LeRobot and RLDS readers are imported only when used).
+
+    ``None`` keys take the format's defaults. ``instruction_key`` exists for RLDS only: LIBERO
+    HDF5 keeps the instruction in ``problem_info`` and LeRobot in ``meta/tasks`` via ``task_index``.
+    """
     root = Path(root)
+    if instruction_key is not None and fmt != "rlds":
+        raise ValueError(
+            f"instruction_key={instruction_key!r} applies to the rlds format only; the {fmt} format "
+            "has no instruction feature to choose"
+        )
     if fmt == "hdf5":
         from vlm4vla.data.formats.hdf5_libero import LiberoHDF5Reader
 
-        return LiberoHDF5Reader(root, image_key=image_key or "agentview_rgb")
+        return LiberoHDF5Reader(root, image_key=image_key or "agentview_rgb", action_key=action_key or "actions")
     if fmt == "lerobot":
         module = _import_reader_module("lerobot")
-        return module.LeRobotReader(root, image_key=image_key)
+        return module.LeRobotReader(root, image_key=image_key, action_key=action_key or "action")
     if fmt == "rlds":
         module = _import_reader_module("rlds")
-        return module.RLDSReader(resolve_rlds_root(root), split=split, image_key=image_key)
+        return module.RLDSReader(
+            resolve_rlds_root(root),
+            split=split,
+            image_key=image_key,
+            action_key=action_key,
+            instruction_key=instruction_key,
+        )
     raise ValueError(f"unknown dataset format {fmt!r}; expected one of {EPISODE_FORMATS}")
 
 

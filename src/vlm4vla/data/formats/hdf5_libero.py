@@ -42,6 +42,17 @@ def _decode_attr(value: Any) -> str:
     return str(value)
 
 
+def _dataset_names(group: h5py.Group) -> list[str]:
+    """Datasets of a demo group, one level of sub-groups deep (``actions``, ``obs/agentview_rgb``)."""
+    names = []
+    for key, item in group.items():
+        if isinstance(item, h5py.Group):
+            names.extend(f"{key}/{sub}" for sub, child in item.items() if isinstance(child, h5py.Dataset))
+        else:
+            names.append(key)
+    return sorted(names)
+
+
 def list_hdf5_files(root: str | Path) -> list[Path]:
     """The ``*.hdf5`` files of a LIBERO suite directory (or ``[root]`` for a single file)."""
     root = Path(root)
@@ -59,15 +70,17 @@ class LiberoHDF5Reader:
     """:class:`~vlm4vla.data.formats.base.EpisodeReader` over LIBERO HDF5 demo files.
 
     Episodes are numbered file by file (files sorted by name) and, inside a file, by demo
-    number (``demo_0, demo_1, …, demo_10``).
+    number (``demo_0, demo_1, …, demo_10``). ``image_key`` names a dataset under
+    ``data/demo_i/obs/``, ``action_key`` one under ``data/demo_i/``.
     """
 
     #: LIBERO records camera images upside down; datamodules rotate them by 180° to upright.
     stored_rotated_180 = True
 
-    def __init__(self, root: str | Path, *, image_key: str = "agentview_rgb") -> None:
+    def __init__(self, root: str | Path, *, image_key: str = "agentview_rgb", action_key: str = "actions") -> None:
         self.root = Path(root)
         self.image_key = image_key
+        self.action_key = action_key
         self.files = list_hdf5_files(self.root)
         self._instructions: list[str] = []
         # (file position, demo group name, length) per episode
@@ -101,13 +114,15 @@ class LiberoHDF5Reader:
             raise DatasetFormatError(f"{path}: group 'data' has no demo_* groups")
         for demo in demos:
             group = data[demo]
-            for field in ("actions", f"obs/{self.image_key}"):
+            for field in (self.action_key, f"obs/{self.image_key}"):
                 if field not in group:
-                    raise DatasetFormatError(f"{path}: missing field 'data/{demo}/{field}'")
-            actions, images = group["actions"], group[f"obs/{self.image_key}"]
+                    raise DatasetFormatError(
+                        f"{path}: missing field 'data/{demo}/{field}' (has: {', '.join(_dataset_names(group))})"
+                    )
+            actions, images = group[self.action_key], group[f"obs/{self.image_key}"]
             if actions.ndim != 2 or actions.shape[1] != 7:
                 raise DatasetFormatError(
-                    f"{path}: field 'data/{demo}/actions' has shape {actions.shape}, expected (T, 7)"
+                    f"{path}: field 'data/{demo}/{self.action_key}' has shape {actions.shape}, expected (T, 7)"
                 )
             if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
                 raise DatasetFormatError(
@@ -117,7 +132,7 @@ class LiberoHDF5Reader:
             if images.shape[0] != actions.shape[0]:
                 raise DatasetFormatError(
                     f"{path}: field 'data/{demo}/obs/{self.image_key}' has {images.shape[0]} frames but "
-                    f"'data/{demo}/actions' has {actions.shape[0]}"
+                    f"'data/{demo}/{self.action_key}' has {actions.shape[0]}"
                 )
             self._episodes.append((file_pos, demo, int(actions.shape[0])))
 
@@ -186,7 +201,7 @@ class LiberoHDF5Reader:
     def actions(self, episode: int) -> np.ndarray:
         file_pos, demo, _ = self._episode(episode)
         return check_actions(
-            self._read(episode, "actions"), str(self.files[file_pos]), f"data/{demo}/actions"
+            self._read(episode, self.action_key), str(self.files[file_pos]), f"data/{demo}/{self.action_key}"
         )
 
     def frame(self, episode: int, step: int) -> np.ndarray:

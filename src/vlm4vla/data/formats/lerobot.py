@@ -13,6 +13,12 @@ v2.1: one file per episode.
 Images are either embedded in the data parquet (``struct{bytes: PNG, path}``, feature dtype
 ``"image"``) or stored as mp4 video (dtype ``"video"``, AV1/H.264), decoded with PyAV.
 
+``meta/info.json`` is checked against the files when the reader opens (``total_episodes`` /
+``total_frames`` against the episodes metadata, each v3.0 data file's row count and schema
+against it from the parquet footer) and when a file is first opened (v2.x: the episode's row
+count; the action column's type against ``features.<action>.dtype``) or a frame decoded (its
+size against ``features.<image>.shape``): a lie is one error naming the file and the field.
+
 Reading is lazy and per process: parquet files are memory-mapped and read by row group and
 column (actions, task and timestamp columns of one episode); images are streamed in small
 record batches from the row group holding the frame, so a frame never loads its episode's
@@ -126,6 +132,26 @@ def _list_to_numpy(column: pa.ChunkedArray | pa.Array, path: Path, field: str) -
     return array.flatten().to_numpy(zero_copy_only=False).reshape(rows, lengths[0])
 
 
+def _numeric_kind(dtype: object) -> str | None:
+    """``"f"`` (float), ``"i"`` (signed/unsigned int) or None for a dtype name (``float32``,
+    arrow's ``double``, ``int64``, ...)."""
+    name = str(dtype).lower()
+    if name in ("double", "float", "halffloat") or name.startswith("float"):
+        return "f"
+    if name.startswith(("int", "uint")):
+        return "i"
+    return None
+
+
+def _value_type(arrow_type: pa.DataType) -> pa.DataType | None:
+    """The number type of a numeric or list-of-numbers column, else None."""
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return arrow_type
+    return None
+
+
 def _to_rgb(frame: Any) -> np.ndarray:
     """A decoded ``av.VideoFrame`` as uint8 (H, W, 3), converted on this thread only (as for the
     decoder: a scaler with a thread pool, kept by PyAV, hangs when freed in a forked child)."""
@@ -186,7 +212,7 @@ class LeRobotReader:
             image/video feature of ``info.json`` that is not a wrist or depth camera.
         episodes: the dataset ``episode_index`` values to expose, in this order (default: all,
             sorted). Reader episode ``i`` is dataset episode ``episodes[i]``.
-        action_key: the action feature.
+        action_key: the action feature (``action``; openpi's LIBERO port: ``actions``).
         stored_rotated_180: whether frames are stored upside down relative to the upright view
             (LIBERO HDF5 convention). Hub LIBERO ports derive from the upright RLDS conversion,
             hence the default ``False``; override for ports made from the raw HDF5 files.
@@ -237,11 +263,19 @@ class LeRobotReader:
                 raise DatasetFormatError(f"{self.root / meta}: no episode_index {missing[0]} (asked in episodes=)")
         self._episodes = [all_episodes[e] for e in selected]
         self.episode_indices = tuple(selected)
+        self._image_hw = self._declared_image_hw()
+        # Rows each data file must hold: the lengths of its episodes in the metadata.
+        self._file_rows: dict[Path, int] = {}
+        for meta in all_episodes.values():
+            self._file_rows[meta.data_path] = self._file_rows.get(meta.data_path, 0) + meta.length
+        self._checked_files: set[Path] = set()
+        self._check_totals(all_episodes)
         self._pid = os.getpid()
         self._parquets: OrderedDict[Path, pq.ParquetFile] = OrderedDict()
         self._videos: OrderedDict[Path, _VideoState] = OrderedDict()
         self._columns: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._batch: tuple[Path, int, int, Iterator[pa.RecordBatch], int, pa.RecordBatch | None] | None = None
+        # (file, row group, batch iterator, first row of the current batch, current batch)
+        self._batch: tuple[Path, int, Iterator[pa.RecordBatch], int, pa.RecordBatch | None] | None = None
 
     # -- metadata --------------------------------------------------------------------------------
     def _info_field(self, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -255,12 +289,96 @@ class LeRobotReader:
     def _check_action_feature(self) -> None:
         feature = self.features.get(self.action_key)
         if not isinstance(feature, dict):
-            raise DatasetFormatError(f"{self._info_path}: missing field 'features.{self.action_key}'")
+            numeric = [k for k, f in self.features.items() if isinstance(f, dict) and f.get("dtype") not in _IMAGE_DTYPES]
+            raise DatasetFormatError(
+                f"{self._info_path}: missing field 'features.{self.action_key}' "
+                f"(non-image features: {', '.join(numeric) or 'none'}; choose one with action_key)"
+            )
         shape = feature.get("shape")
         if not isinstance(shape, list) or math.prod(shape) != 7:
             raise DatasetFormatError(
                 f"{self._info_path}: field 'features.{self.action_key}.shape' is {shape}, expected [7]"
             )
+        if _numeric_kind(feature.get("dtype")) is None:
+            raise DatasetFormatError(
+                f"{self._info_path}: field 'features.{self.action_key}.dtype' is {feature.get('dtype')!r}, "
+                "expected a float or int type"
+            )
+
+    def _declared_image_hw(self) -> tuple[int, int] | None:
+        """(height, width) of ``features.<image_key>.shape``, by its ``names`` when given
+        (ports write [H, W, C] and [C, H, W]), else by where the channel axis is."""
+        feature = self.features[self.image_key]
+        shape, names = feature.get("shape"), feature.get("names")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)):
+            return None
+        if isinstance(names, list) and len(names) == 3 and all(isinstance(n, str) for n in names):
+            axes = {n.lower().rstrip("s"): d for n, d in zip(names, shape, strict=True)}
+            if "height" in axes and "width" in axes:
+                return axes["height"], axes["width"]
+        if shape[2] in (1, 3, 4):
+            return shape[0], shape[1]
+        if shape[0] in (1, 3, 4):
+            return shape[1], shape[2]
+        return None
+
+    def _check_totals(self, episodes: dict[int, _Episode]) -> None:
+        """``total_episodes`` / ``total_frames`` of info.json against the episodes metadata, and
+        (v3.0: few large files) every data file against both, from its footer only."""
+        frames = sum(meta.length for meta in episodes.values())
+        for field, actual in (("total_episodes", len(episodes)), ("total_frames", frames)):
+            declared = self.info.get(field)
+            if isinstance(declared, int) and not isinstance(declared, bool) and declared != actual:
+                meta = "meta/episodes/" if self.version == "v3.0" else "meta/episodes.jsonl"
+                raise DatasetFormatError(
+                    f"{self._info_path}: field '{field}' is {declared} but {meta} lists {actual}"
+                )
+        if self.version == "v3.0":
+            for path in self._file_rows:
+                if not path.is_file():
+                    raise DatasetFormatError(f"{path}: data file not found")
+                try:
+                    handle = pq.ParquetFile(path, memory_map=True)
+                except (OSError, pa.ArrowException) as err:
+                    raise DatasetFormatError(f"{path}: cannot open parquet file ({_one_line(err)})") from err
+                try:
+                    self._check_data_file(path, handle)
+                finally:
+                    handle.close()
+
+    def _check_data_file(self, path: Path, handle: pq.ParquetFile) -> None:
+        """Row count and action type of a data file against the metadata (footer only)."""
+        if path in self._checked_files:
+            return
+        schema = handle.schema_arrow
+        if self.action_key not in schema.names:
+            raise DatasetFormatError(
+                f"{path}: missing field '{self.action_key}' (columns: {', '.join(schema.names)})"
+            )
+        stored = _value_type(schema.field(self.action_key).type)
+        declared = self.features[self.action_key].get("dtype")
+        # float32 vs float64 is harmless (cast on read); int vs float means info.json is wrong.
+        if stored is None or _numeric_kind(str(stored)) != _numeric_kind(declared):
+            raise DatasetFormatError(
+                f"{self._info_path}: field 'features.{self.action_key}.dtype' is {declared!r} but {path} "
+                f"stores {schema.field(self.action_key).type}"
+            )
+        expected = self._file_rows.get(path)
+        rows = handle.metadata.num_rows
+        if expected is not None and rows != expected:
+            meta = "meta/episodes/" if self.version == "v3.0" else "meta/episodes.jsonl"
+            raise DatasetFormatError(
+                f"{path}: holds {rows} rows but {meta} field 'length' gives its episodes {expected}"
+            )
+        self._checked_files.add(path)
+
+    def _check_image_shape(self, image: np.ndarray, where: str) -> np.ndarray:
+        if self._image_hw is not None and image.shape[:2] != self._image_hw:
+            raise DatasetFormatError(
+                f"{self._info_path}: field 'features.{self.image_key}.shape' is "
+                f"{self.features[self.image_key].get('shape')} but {where} decodes to {tuple(image.shape)}"
+            )
+        return image
 
     def _resolve_image_key(self, image_key: str | None) -> str:
         cameras = [k for k, f in self.features.items() if isinstance(f, dict) and f.get("dtype") in _IMAGE_DTYPES]
@@ -411,6 +529,11 @@ class LeRobotReader:
             handle = pq.ParquetFile(path, memory_map=True)
         except (OSError, pa.ArrowException) as err:
             raise DatasetFormatError(f"{path}: cannot open parquet file ({_one_line(err)})") from err
+        try:
+            self._check_data_file(path, handle)
+        except DatasetFormatError:
+            handle.close()
+            raise
         self._parquets[path] = handle
         while len(self._parquets) > _MAX_OPEN_FILES:
             self._parquets.popitem(last=False)[1].close()
@@ -481,10 +604,8 @@ class LeRobotReader:
             self._columns.move_to_end(episode)
             return cached
         meta = self._episode(episode)
-        handle = self._parquet(meta.data_path)
+        handle = self._parquet(meta.data_path)  # checked: holds the action column
         names = handle.schema_arrow.names
-        if self.action_key not in names:
-            raise DatasetFormatError(f"{meta.data_path}: missing field '{self.action_key}'")
         columns = [c for c in (self.action_key, "task_index", "timestamp", "episode_index") if c in names]
         start, stop = meta.row_start, meta.row_start + meta.length
         groups, first = self._row_groups(handle, meta.data_path, start, stop)
@@ -554,11 +675,13 @@ class LeRobotReader:
         groups, group_start = self._row_groups(handle, path, row, row + 1)
         group = groups[0]
         # Stream the row group in small batches; keep going from the current batch when the
-        # requested row lies ahead of it (sequential access), else restart the row group.
-        if self._batch is None or self._batch[:2] != (path, group) or row < self._batch[2]:
+        # requested row is in it or ahead of it (sequential access), else restart the row group.
+        # The test is against the current batch's first row: rows behind it in the same row
+        # group (lerobot writes one row group per episode or per file) need a restart too.
+        if self._batch is None or self._batch[:2] != (path, group) or row < self._batch[3]:
             batches = handle.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=[self.image_key])
-            self._batch = (path, group, group_start, batches, group_start, None)
-        _, _, first, batches, batch_start, batch = self._batch
+            self._batch = (path, group, batches, group_start, None)
+        _, _, batches, batch_start, batch = self._batch
         while batch is None or row >= batch_start + batch.num_rows:
             if batch is not None:
                 batch_start += batch.num_rows
@@ -570,18 +693,19 @@ class LeRobotReader:
             except (OSError, pa.ArrowException) as err:
                 self._batch = None
                 raise DatasetFormatError(f"{path}: cannot read field '{self.image_key}' ({_one_line(err)})") from err
-        self._batch = (path, group, first, batches, batch_start, batch)
+        self._batch = (path, group, batches, batch_start, batch)
         value = batch.column(0)[row - batch_start].as_py()
         data = value.get("bytes") if isinstance(value, dict) else value
         if not data:
             raise DatasetFormatError(f"{path}: field '{self.image_key}' row {row} has no image bytes")
         try:
             with Image.open(BytesIO(data)) as image:
-                return np.asarray(image.convert("RGB"))
+                array = np.asarray(image.convert("RGB"))
         except Exception as err:  # PIL raises many types on corrupt data
             raise DatasetFormatError(
                 f"{path}: field '{self.image_key}' row {row} is not a decodable image ({err})"
             ) from err
+        return self._check_image_shape(array, f"{path} row {row}")
 
     def _video_frame(self, episode: int, step: int) -> np.ndarray:
         meta = self._episode(episode)
@@ -601,7 +725,7 @@ class LeRobotReader:
                 f"{state.path}: no frame of '{self.image_key}' at {target:.4f}s (closest decoded {current[0]:.4f}s, "
                 f"episode_index={meta.index} step {step})"
             )
-        return _to_rgb(current[1])
+        return self._check_image_shape(_to_rgb(current[1]), f"{state.path} at {target:.4f}s")
 
     def _seek(self, state: _VideoState, target: float) -> None:
         import av

@@ -1,7 +1,9 @@
 """RLDS / TFDS reader (Bridge-V2 ``bridge_dataset/1.0.0/``, LIBERO ``libero_10_no_noops/1.0.0/``).
 
-A TFDS dataset directory holds ``dataset_info.json``, ``features.json`` and sharded
-``<name>-<split>.tfrecord-00000-of-0000N`` files. Each TFRecord record is framed as::
+A TFDS dataset directory holds ``dataset_info.json``, ``features.json`` and sharded tfrecord
+files, named by the split's ``filepathTemplate`` in ``dataset_info.json``: TFDS writes
+``<name>-<split>.tfrecord-00000-of-0000N``, the ``rlds`` EpisodeWriter / envlogger
+``<name>-<split>.tfrecord-00000``. Each TFRecord record is framed as::
 
     uint64 length | uint32 masked_crc32c(length bytes) | payload | uint32 masked_crc32c(payload)
 
@@ -52,6 +54,9 @@ PRIMARY_IMAGE_KEYS = (
 )
 ACTION_KEY = "steps/action"
 INSTRUCTION_KEY = "steps/language_instruction"
+
+#: Decoded frames whose pixel values span at most this range are blank (one colour).
+BLANK_TOLERANCE = 2
 
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
@@ -194,15 +199,70 @@ def _read_dataset_info(root: Path) -> dict[str, Any]:
 
 
 _SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})$")
+_MIN_SHARD_DIGITS = 5  # TFDS pads shard numbers to max(5, digits of the shard count)
+
+
+def _file_format(info: dict[str, Any]) -> str:
+    return str(info.get("fileFormat") or "tfrecord").lower()  # TFDS's default when absent
+
+
+def _declared_split(info: dict[str, Any], split: str) -> dict[str, Any] | None:
+    return next((s for s in info.get("splits", []) if isinstance(s, dict) and s.get("name") == split), None)
+
+
+def _template_files(root: Path, info: dict[str, Any], split: str) -> list[Path] | None:
+    """Shard paths as TFDS names them from ``filepathTemplate`` and ``shardLengths``
+    (``{DATASET}``, ``{SPLIT}``, ``{FILEFORMAT}``, ``{SHARD_INDEX}``, ``{NUM_SHARDS}``,
+    ``{SHARD_X_OF_Y}``), or None when ``dataset_info.json`` does not declare them."""
+    declared = _declared_split(info, split)
+    if not declared or not declared.get("filepathTemplate") or "shardLengths" not in declared:
+        return None
+    template, count = str(declared["filepathTemplate"]), len(declared["shardLengths"])
+    digits = max(len(str(count)), _MIN_SHARD_DIGITS)
+    total = f"{count:0{digits}d}"
+    values = {"DATASET": info["name"], "SPLIT": split, "FILEFORMAT": _file_format(info)}
+    files = []
+    for shard in range(count):
+        index = f"{shard:0{digits}d}"
+        try:
+            name = template.format(**values, SHARD_INDEX=index, NUM_SHARDS=total, SHARD_X_OF_Y=f"{index}-of-{total}")
+        except (KeyError, IndexError, ValueError) as err:
+            raise DatasetFormatError(
+                f"{root / 'dataset_info.json'}: field 'splits[{split}].filepathTemplate' is {template!r}, "
+                f"expected TFDS variables {{DATASET}}, {{SPLIT}}, {{FILEFORMAT}}, {{SHARD_INDEX}}, "
+                f"{{NUM_SHARDS}}, {{SHARD_X_OF_Y}} ({' '.join(str(err).split())})"
+            ) from err
+        files.append(root / name)
+    return files
 
 
 def _split_files(root: Path, info: dict[str, Any], split: str) -> tuple[list[Path], list[int] | None]:
-    """Shard files of ``split`` in shard order, and their declared record counts if known."""
+    """Shard files of ``split`` in shard order, and their declared record counts if known.
+
+    The files ``dataset_info.json`` names (``filepathTemplate`` × ``shardLengths``, as TFDS
+    reads them) when they exist; else ``<name>-<split>.tfrecord-NNNNN-of-NNNNN`` by glob.
+    """
     name = info["name"]
+    if _file_format(info) != "tfrecord":
+        raise DatasetFormatError(
+            f"{root / 'dataset_info.json'}: field 'fileFormat' is {info.get('fileFormat')!r}, expected 'tfrecord'"
+        )
+    declared = _declared_split(info, split)
+    lengths = [int(n) for n in declared["shardLengths"]] if declared and "shardLengths" in declared else None
+    named = _template_files(root, info, split)
+    if named is not None:
+        present = [f.is_file() for f in named]
+        if all(present):
+            return named, lengths
+        if any(present):
+            missing = [i for i, ok in enumerate(present) if not ok]
+            raise DatasetFormatError(
+                f"{root}: split '{split}' is missing shard(s) {missing} of {len(named)} "
+                f"({named[missing[0]].name} named by dataset_info.json 'filepathTemplate')"
+            )
+        # None of them: the files were renamed or the template hand-written; try the glob.
     files = sorted(root.glob(f"{name}-{split}.tfrecord-*-of-*"))
     files = [f for f in files if _SHARD_RE.search(f.name)]
-    declared = next((s for s in info.get("splits", []) if s.get("name") == split), None)
-    lengths = [int(n) for n in declared["shardLengths"]] if declared and "shardLengths" in declared else None
     if files:
         total = int(_SHARD_RE.search(files[0].name).group(2))
         numbers = [int(_SHARD_RE.search(f.name).group(1)) for f in files]
@@ -220,6 +280,14 @@ def _split_files(root: Path, info: dict[str, Any], split: str) -> tuple[list[Pat
     return files, lengths
 
 
+def _expected_shards(root: Path, info: dict[str, Any], split: str) -> str:
+    """What the shards of ``split`` would be called, for the "no shards" message."""
+    named = _template_files(root, info, split)
+    if named:
+        return f"{named[0].name}, ... from dataset_info.json 'filepathTemplate'"
+    return f"{info['name']}-{split}.tfrecord-*-of-*"
+
+
 def has_split(root: str | Path, split: str) -> bool:
     """Whether the TFDS directory ``root`` holds tfrecord shards for ``split``."""
     root = Path(root)
@@ -228,6 +296,16 @@ def has_split(root: str | Path, split: str) -> bool:
     except DatasetFormatError:
         return False
     return bool(_split_files(root, info, split)[0])
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """One colour everywhere (what RLDS builders write for a missing camera)."""
+    return image.size == 0 or int(image.max()) - int(image.min()) <= BLANK_TOLERANCE
+
+
+def _step_key(key: str) -> str:
+    """``action`` → ``steps/action``; flattened names (``steps/…``, ``episode_metadata/…``) as given."""
+    return key if key.startswith(("steps/", "episode_metadata/")) else f"steps/{key}"
 
 
 # -- reader -------------------------------------------------------------------------------------
@@ -247,21 +325,36 @@ class RLDSReader:
         image_key: primary camera, a full flattened name (``steps/observation/image_0``) or the
             name under ``steps/observation/`` (``image_0``). ``None`` picks the first of
             :data:`PRIMARY_IMAGE_KEYS` declared in ``features.json``.
+        action_key: the per-step action tensor (default ``steps/action``; a name without the
+            ``steps/`` prefix gets it).
+        instruction_key: the text feature holding the instruction (default
+            ``steps/language_instruction``; same prefix rule).
 
     Images are returned as stored. RLDS ports keep them upright (LIBERO's RLDS conversion
     already rotated the upside-down HDF5 frames by 180°), hence :attr:`stored_rotated_180` is
     ``False``; datamodules use the attribute to bring every format to the upright convention.
 
-    Episodes whose metadata marks the primary camera as missing (Bridge
-    ``episode_metadata/has_image_0 == 0``) are skipped: they report length 0 and no actions,
-    so no sample is drawn from them; :attr:`skipped_episodes` collects them and a warning with
-    the running count is logged. (Knowing this up front would mean reading every payload when
-    the reader opens; the record index is built from the framing only.)
+    Episodes whose primary camera is really missing are skipped: they report length 0 and no
+    actions, so no sample is drawn from them; :attr:`skipped_episodes` collects them and a
+    warning with the running count is logged. Missing means the metadata flag (Bridge
+    ``episode_metadata/has_image_0``) is 0 *and* every frame of the camera is blank: the
+    Bridge builder sets the flags to 0 on episodes with real frames, so the flag alone is not
+    trusted (the frames of a flagged episode are decoded until one is not blank, usually the
+    first). (Knowing this up front would mean reading every payload when the reader opens;
+    the record index is built from the framing only.)
     """
 
     stored_rotated_180 = False
 
-    def __init__(self, root: str | Path, *, split: str = "train", image_key: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        split: str = "train",
+        image_key: str | None = None,
+        action_key: str | None = None,
+        instruction_key: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.split = split
         if not self.root.is_dir():
@@ -272,30 +365,44 @@ class RLDSReader:
         self.files, self._shard_lengths = _split_files(self.root, self.info, split)
         if not self.files:
             raise DatasetFormatError(
-                f"{self.root}: no shards for split '{split}' ({self.name}-{split}.tfrecord-*-of-*)"
+                f"{self.root}: no shards for split '{split}' ({_expected_shards(self.root, self.info, split)})"
             )
         self.image_key = self._resolve_image_key(image_key)
-        self._check_feature(ACTION_KEY, ("tensor",))
-        self.action_shape = self.features[ACTION_KEY].shape
+        self.action_key = _step_key(action_key or ACTION_KEY)
+        self.instruction_key = _step_key(instruction_key or INSTRUCTION_KEY)
+        self._check_feature(self.action_key, ("tensor",))
+        self._check_feature(self.instruction_key, ("text", "tensor"), in_steps=None)
+        if self.features[self.instruction_key].dtype != "string":  # Text, or a string Tensor in some ports
+            raise DatasetFormatError(
+                f"{self.root / 'features.json'}: field '{self.instruction_key}' has dtype "
+                f"{self.features[self.instruction_key].dtype}, expected a text feature"
+            )
+        self.action_shape = self.features[self.action_key].shape
         if math.prod(self.action_shape) != 7:
             raise DatasetFormatError(
-                f"{self.root / 'features.json'}: field '{ACTION_KEY}' has shape {self.action_shape}, expected (7,)"
+                f"{self.root / 'features.json'}: field '{self.action_key}' has shape {self.action_shape}, expected (7,)"
             )
         self.image_shape = self.features[self.image_key].shape
         camera = self.image_key.rsplit("/", 1)[-1]
         self._has_camera_key = f"episode_metadata/has_{camera}"
-        self.skipped_episodes: set[int] = set()
+        self.skipped_episodes: set[int] = set()  # flagged missing and really blank
+        self.flag_ignored_episodes: set[int] = set()  # flagged missing but with real frames
         self._records: list[_Record] | None = None
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
         self._cached: tuple[int, Any] | None = None  # (episode, parsed Example)
         self._lengths: dict[int, int] = {}
 
-    def _check_feature(self, key: str, kinds: tuple[str, ...]) -> None:
+    def _check_feature(self, key: str, kinds: tuple[str, ...], in_steps: bool | None = True) -> None:
+        """``key`` is declared with one of ``kinds`` (and per step unless ``in_steps`` is None)."""
         spec = self.features.get(key)
         if spec is None:
-            raise DatasetFormatError(f"{self.root / 'features.json'}: missing field '{key}'")
-        if spec.kind not in kinds or not spec.in_steps:
+            fitting = [k for k, s in self.features.items() if s.kind in kinds and (in_steps is None or s.in_steps)]
+            raise DatasetFormatError(
+                f"{self.root / 'features.json'}: missing field '{key}' "
+                f"({'/'.join(kinds)} features: {', '.join(fitting) or 'none'})"
+            )
+        if spec.kind not in kinds or (in_steps and not spec.in_steps):
             raise DatasetFormatError(
                 f"{self.root / 'features.json'}: field '{key}' is a {spec.kind} feature "
                 f"{'inside' if spec.in_steps else 'outside'} steps, expected a per-step {'/'.join(kinds)}"
@@ -473,7 +580,7 @@ class RLDSReader:
             )
         return values.reshape((-1, *spec.shape))
 
-    def _primary_missing(self, episode: int) -> bool:
+    def _primary_flagged_missing(self, episode: int) -> bool:
         features = self._example(episode).features.feature
         if self._has_camera_key not in features:
             return False
@@ -481,20 +588,41 @@ class RLDSReader:
         values = flag.int64_list.value if flag.WhichOneof("kind") == "int64_list" else flag.float_list.value
         return len(values) > 0 and not values[0]
 
+    def _primary_blank(self, episode: int) -> bool:
+        """Every frame of the primary camera is empty bytes or one colour (stops at the first
+        real frame, so an episode with real frames costs one decode)."""
+        for step, data in enumerate(self._feature(episode, self.image_key, "bytes_list")):
+            if data and not is_blank(self._decode(episode, step, self.image_key, data)):
+                return False
+        return True
+
     def _skip(self, episode: int) -> bool:
         if episode in self.skipped_episodes:
             return True
-        if self._primary_missing(episode):
-            self.skipped_episodes.add(episode)
-            logger.warning(
-                "%s: '%s' is false, skipping the episode (%d skipped so far in split '%s')",
-                self.episode_source(episode),
-                self._has_camera_key,
-                len(self.skipped_episodes),
-                self.split,
-            )
-            return True
-        return False
+        if episode in self.flag_ignored_episodes or not self._primary_flagged_missing(episode):
+            return False
+        if not self._primary_blank(episode):
+            if not self.flag_ignored_episodes:
+                logger.warning(
+                    "%s: '%s' is 0 but '%s' holds real frames (a known Bridge builder bug); "
+                    "using such episodes (the flag is ignored)",
+                    self.episode_source(episode),
+                    self._has_camera_key,
+                    self.image_key,
+                )
+            self.flag_ignored_episodes.add(episode)
+            return False
+        self.skipped_episodes.add(episode)
+        logger.warning(
+            "%s: '%s' is 0 and every '%s' frame is blank, skipping the episode "
+            "(%d skipped so far in split '%s')",
+            self.episode_source(episode),
+            self._has_camera_key,
+            self.image_key,
+            len(self.skipped_episodes),
+            self.split,
+        )
+        return True
 
     # -- EpisodeReader -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -508,23 +636,23 @@ class RLDSReader:
         return length
 
     def _raw_actions(self, episode: int) -> np.ndarray:
-        actions = self._numeric(episode, ACTION_KEY).reshape(-1, 7)
+        actions = self._numeric(episode, self.action_key).reshape(-1, 7)
         images = self._feature(episode, self.image_key, "bytes_list")
         if len(images) != len(actions):
             raise DatasetFormatError(
                 f"{self.episode_source(episode)}: field '{self.image_key}' has {len(images)} frames but "
-                f"'{ACTION_KEY}' has {len(actions)} steps"
+                f"'{self.action_key}' has {len(actions)} steps"
             )
         return actions
 
     def actions(self, episode: int) -> np.ndarray:
         if self._skip(episode):
             return np.zeros((0, 7), dtype=np.float32)
-        return check_actions(self._raw_actions(episode), self.episode_source(episode), ACTION_KEY)
+        return check_actions(self._raw_actions(episode), self.episode_source(episode), self.action_key)
 
     def instruction(self, episode: int) -> str:
-        """The first non-empty ``steps/language_instruction`` of the episode."""
-        for value in self._feature(episode, INSTRUCTION_KEY, "bytes_list"):
+        """The first non-empty ``instruction_key`` value of the episode."""
+        for value in self._feature(episode, self.instruction_key, "bytes_list"):
             text = value.decode("utf-8").strip()
             if text:
                 return text
@@ -552,8 +680,11 @@ class RLDSReader:
             raise DatasetFormatError(
                 f"{self.episode_source(episode)}: field '{key}' has {len(values)} frames, step {step} asked"
             )
+        return self._decode(episode, step, key, values[step])
+
+    def _decode(self, episode: int, step: int, key: str, data: bytes) -> np.ndarray:
         try:
-            with Image.open(BytesIO(values[step])) as img:
+            with Image.open(BytesIO(data)) as img:
                 array = np.asarray(img.convert("RGB"))
         except Exception as err:  # PIL raises many types on corrupt data
             raise DatasetFormatError(
@@ -584,6 +715,7 @@ __all__ = [
     "Int64List",
     "RLDSReader",
     "has_split",
+    "is_blank",
     "masked_crc32c",
     "parse_features_json",
 ]
