@@ -5,10 +5,12 @@ from __future__ import annotations
 import difflib
 from typing import Generic, TypeVar
 
+from vlm4vla.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(ConfigError):
     """An unknown registry name; the message lists the valid names."""
 
 

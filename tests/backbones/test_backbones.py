@@ -103,14 +103,16 @@ QWEN_LONG = (
 QWEN_SHORT = "<|im_start|><|vision_start|>{img}<|vision_end|>pick up cube\n{aq}"
 
 
+# The released pixel budget (min 256·28·28 pixels) upscales a 224² image to 448²:
+# Qwen2.5-VL (28-pixel merged patches) 16² = 256 tokens, Qwen3-VL (32-pixel) 14² = 196.
 @pytest.mark.parametrize(
     ("name", "scheme", "layout", "image_tokens"),
     [
-        ("qwen2.5-vl", "long", QWEN_LONG, 64),
-        ("qwen2.5-vl", "short", QWEN_SHORT, 64),
-        ("qwen3-vl", "long", QWEN_LONG, 49),
-        ("qwen3-vl", "short", QWEN_SHORT, 49),
-        ("qwen3-vl-moe", "long", QWEN_LONG, 49),
+        ("qwen2.5-vl", "long", QWEN_LONG, 256),
+        ("qwen2.5-vl", "short", QWEN_SHORT, 256),
+        ("qwen3-vl", "long", QWEN_LONG, 196),
+        ("qwen3-vl", "short", QWEN_SHORT, 196),
+        ("qwen3-vl-moe", "long", QWEN_LONG, 196),
     ],
 )
 def test_qwen_prompt_tokens(name, scheme, layout, image_tokens):
@@ -217,7 +219,19 @@ def test_forward_without_slot_index_is_rejected(qwen_tiny):
 
 
 def test_images_are_resized_to_224_first(qwen_tiny):
-    """Any input size is resized to 224² before the model's own processor (64 tokens for Qwen2.5)."""
+    """Any input size is resized to 224² before the model's own processor, which upscales it to
+    448² (the released minimum of 256·28·28 pixels): a 32×32 grid of 14-pixel patches for Qwen2.5."""
     for size in (128, 200, 480):
         inputs = qwen_tiny.prepare_inputs(_images(1, size=size), ["a"])
-        assert inputs["image_grid_thw"][0].tolist() == [1, 16, 16]
+        assert inputs["image_grid_thw"][0].tolist() == [1, 32, 32]
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_instructions_are_stripped(name):
+    """As in the released code: "  pick up  \n" is tokenised exactly as "pick up"."""
+    backbone = get_backbone(name).tiny()
+    images = _images(2, size=64)
+    padded = backbone.prepare_inputs(images, ["  pick up  \n", "\topen the drawer "])
+    clean = backbone.prepare_inputs(images, ["pick up", "open the drawer"])
+    assert torch.equal(padded["input_ids"], clean["input_ids"])
+    assert torch.equal(padded["attention_mask"], clean["attention_mask"])

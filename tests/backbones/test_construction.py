@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from tests.backbones.conftest import TINY_VARIANTS, variant_id
 from vlm4vla.backbones import get_backbone
+from vlm4vla.backbones.factory import create_backbone
 from vlm4vla.backbones.presets import Preset, get_preset, list_presets
 from vlm4vla.registry import UnknownNameError
 
@@ -106,9 +109,56 @@ def test_random_weights_preset_is_from_scratch(tmp_path, no_downloads):
             assert not torch.equal(param, saved[name]), name
             changed += 1
     assert changed > 10
+    for name, module in scratch.model.named_modules():  # Xavier-uniform, as the released from-scratch runs
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            assert float(weight.detach().abs().max()) <= _xavier_bound(weight.shape) * (1 + 1e-6), name
     assert scratch.processor.tokenizer.get_vocab() == pretrained.processor.tokenizer.get_vocab()
 
 
 def test_bad_preset_weights_mode():
     with pytest.raises(ValueError, match="weights"):
         get_preset("kosmos-2").build("half")
+
+
+def _xavier_bound(shape: torch.Size) -> float:
+    """Xavier-uniform bound √(6 / (fan_in + fan_out)) of a (out, in, *kernel) weight (an
+    Embedding (num, dim) counts dim as fan-in and num as fan-out, as torch does)."""
+    receptive = math.prod(shape[2:])
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+@pytest.mark.parametrize("variant", TINY_VARIANTS, ids=[variant_id(v) for v in TINY_VARIANTS])
+def test_from_scratch_is_xavier_on_every_weight_matrix(variant):
+    """weights="random": every module weight with ≥ 2 dims is Xavier-uniform with a zero bias (the
+    released ``initialize_param``); everything else keeps the model's own init."""
+    name, overrides = variant
+    label = next((k for k, v in getattr(get_backbone(name), "tiny_variants", {}).items() if v == overrides), "")
+    scratch = create_backbone(f"tiny:{name}" + (f"/{label}" if label else ""), weights="random")
+    hf_init = get_backbone(name).tiny(**overrides)  # same seed: the init before the re-draw
+    before = dict(hf_init.model.named_parameters())
+    params = {n: p.detach() for n, p in scratch.model.named_parameters()}
+    matrices = {n for n, p in params.items() if n.endswith("weight") and p.dim() >= 2}
+    biases = {n.removesuffix("weight") + "bias" for n in matrices} & set(params)
+    assert matrices and len(matrices) > 10
+    for n in sorted(matrices):
+        weight = params[n]
+        bound = _xavier_bound(weight.shape)
+        assert float(weight.abs().max()) <= bound * (1 + 1e-6), n
+        # U(-a, a) has std a/√3; the sample std of n draws is within ~0.45/√n of it (relative).
+        std, expected = float(weight.std()), bound / math.sqrt(3)
+        assert abs(std / expected - 1) < 2.5 / math.sqrt(weight.numel()) + 0.01, (n, std, expected)
+        assert not torch.equal(weight, before[n]), n
+    for n in sorted(biases):
+        assert not params[n].any(), n
+    for n in sorted(set(params) - matrices - biases):  # norms, other biases, MoE experts, latent queries…
+        assert torch.equal(params[n], before[n]), n
+    if name == "qwen3-vl-moe":
+        assert any(n.endswith("experts.gate_up_proj") for n in set(params) - matrices)
+
+
+def test_from_scratch_is_a_no_op_on_meta():
+    backbone = get_preset("kosmos-2").build("meta")
+    backbone.init_from_scratch()
+    assert backbone.device.type == "meta"

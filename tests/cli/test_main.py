@@ -54,3 +54,19 @@ def test_fit_print_config_resolves_extends_and_data_root(tmp_path, capsys, monke
     assert "freeze_vision_encoder: true" in out and "backbone: qwen2.5-vl-3b" in out
     assert f"root: {tmp_path}/calvin/task_ABC_D" in out
     assert "ModelParallelStrategy" in out
+
+
+def test_library_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from vlm4vla.cli import params
+
+    assert main(["params", "--preset", "qwen3-vl-2b", "--chunk", "0"]) == 2
+    assert capsys.readouterr().err == "vlm4vla params: error: --chunk: expected a positive integer, got 0\n"
+    assert main(["params", "--preset", "no-such-vlm"]) == 2
+    assert capsys.readouterr().err.startswith("vlm4vla params: error: unknown preset 'no-such-vlm'")
+
+    def broken(args):
+        raise ValueError("an internal bug")  # not a library error: must not be swallowed
+
+    monkeypatch.setattr(params, "_run_counts", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["params", "--preset", "qwen3-vl-2b"])

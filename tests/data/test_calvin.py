@@ -13,6 +13,7 @@ from vlm4vla.data.calvin import CalvinDataModule, load_window_actions
 from vlm4vla.data.formats.base import DatasetFormatError
 from vlm4vla.data.formats.npz_calvin import CalvinReader
 from vlm4vla.data.synthetic import decode_identity, has_marker_top_left
+from vlm4vla.imaging import resize_image
 
 N = 10
 
@@ -27,7 +28,7 @@ def _datamodule(root: Path, **kwargs) -> CalvinDataModule:
 
 def _expected_chunk(reader: CalvinReader, frame: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """Straight from the npz files: rel_actions of frame..frame+N-1, clipped at ±0.65, /0.65,
-    gripper -1/+1 → 0/1, repeated past the window end."""
+    gripper -1/+1 → 0/1, repeated past ``end`` (the last usable frame)."""
     rows, mask = [], []
     for k in range(N):
         f = min(frame + k, end)
@@ -53,20 +54,23 @@ def test_fixture_is_faithful(calvin_root: Path) -> None:
     assert ann["language"]["emb"].shape[1:] == (1, 384) and len(ann["info"]["indx"]) == 6
 
 
-def test_sample_shapes_dtypes_and_contents(calvin_root: Path) -> None:
-    dm = _datamodule(calvin_root, image_augmentation=False)
+@pytest.mark.parametrize(("window_end", "usable"), [("exclusive", 15), ("inclusive", 16)])
+def test_sample_shapes_dtypes_and_contents(calvin_root: Path, window_end: str, usable: int) -> None:
+    # 16-frame windows: released (exclusive) samples frames start..end-1, inclusive all 16
+    dm = _datamodule(calvin_root, image_augmentation=False, window_end=window_end)
     ds, reader = dm.train_dataset, dm.reader("train")
-    assert len(ds) == 6 * 16  # every frame of every window
-    for index in (0, 7, 15, 16, 50, len(ds) - 1):
+    assert len(ds) == 6 * usable
+    for index in (0, 7, usable - 1, usable, 50, len(ds) - 1):
         sample = ds[index]
         assert sample["image"].dtype == np.uint8 and sample["image"].shape == (200, 200, 3)
         assert sample["actions"].dtype == torch.float32 and sample["actions"].shape == (N, 7)
         assert sample["action_mask"].dtype == torch.bool and sample["action_mask"].shape == (N,)
         window, frame = sample["episode_index"], sample["frame_index"]
         start, end = reader.windows[window]
-        assert start <= frame <= end
+        last = int(end) - (window_end == "exclusive")
+        assert start <= frame <= last
         assert sample["instruction"] == reader.instructions[window]
-        actions, mask = _expected_chunk(reader, frame, int(end))
+        actions, mask = _expected_chunk(reader, frame, last)
         np.testing.assert_allclose(sample["actions"].numpy(), actions, atol=1e-6)
         np.testing.assert_array_equal(sample["action_mask"].numpy(), mask)
         with np.load(reader.frame_path(frame)) as npz:
@@ -78,14 +82,16 @@ def test_sample_shapes_dtypes_and_contents(calvin_root: Path) -> None:
         )
 
 
-def test_mask_and_padding_at_window_end(calvin_root: Path) -> None:
-    dm = _datamodule(calvin_root, image_augmentation=False)
+@pytest.mark.parametrize(("window_end", "last_of_first_window"), [("exclusive", 14), ("inclusive", 15)])
+def test_mask_and_padding_at_window_end(calvin_root: Path, window_end: str, last_of_first_window: int) -> None:
+    dm = _datamodule(calvin_root, image_augmentation=False, window_end=window_end)
     ds = dm.train_dataset
-    last_of_first_window = 15
     sample = ds[last_of_first_window]
+    assert sample["frame_index"] == dm.reader("train").windows[0, 0] + last_of_first_window
     assert sample["action_mask"].tolist() == [True] + [False] * (N - 1)
     assert torch.equal(sample["actions"][1:], sample["actions"][:1].expand(N - 1, 7))
-    three_left = ds[13]
+    assert ds[last_of_first_window + 1]["episode_index"] == 1  # the next window starts
+    three_left = ds[last_of_first_window - 2]
     assert three_left["action_mask"].tolist() == [True] * 3 + [False] * (N - 3)
     assert torch.equal(three_left["actions"][3:], three_left["actions"][2:3].expand(N - 3, 7))
     assert ds[0]["action_mask"].all()
@@ -102,7 +108,7 @@ def test_gripper_and_arm_ranges(calvin_root: Path) -> None:
 def test_validation_folder_and_no_augmentation_at_validation(calvin_root: Path) -> None:
     dm = _datamodule(calvin_root, image_augmentation=True)
     val = dm.val_dataset
-    assert val is not None and len(val) == 3 * 16
+    assert val is not None and len(val) == 3 * 15  # released window end: 15 of 16 frames
     assert val.reader.root == calvin_root / "validation" and val.transform is None
     sample = val[5]
     with np.load(val.reader.frame_path(sample["frame_index"])) as npz:
@@ -113,7 +119,8 @@ def test_validation_folder_and_no_augmentation_at_validation(calvin_root: Path) 
 def test_train_augmentation_seeded_by_seed_epoch_index(calvin_root: Path) -> None:
     dm = _datamodule(calvin_root, image_augmentation=True, seed=1)
     ds = dm.train_dataset
-    raw = CalvinReader(calvin_root / "training").frame(ds[3]["frame_index"])
+    # the augmentation resizes to 224² (bicubic) before the shift, as released
+    raw = resize_image(CalvinReader(calvin_root / "training").frame(ds[3]["frame_index"]), 224)
     a, b = ds[(3, 0)]["image"], ds[(3, 0)]["image"]
     assert a.shape == raw.shape
     np.testing.assert_array_equal(a, b)
@@ -147,7 +154,7 @@ def test_action_cache_is_reused(calvin_root: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(CalvinReader, "read_rel_actions", fail)
     dm = _datamodule(calvin_root)
-    assert len(dm.train_dataset) == 96
+    assert len(dm.train_dataset) == 6 * 15
 
 
 def test_normalizer_before_setup_and_in_state_dict(calvin_root: Path) -> None:
@@ -195,7 +202,7 @@ def test_missing_split_folder(small_calvin: Path) -> None:
     shutil.rmtree(small_calvin / "validation")
     with pytest.raises(DatasetFormatError, match=r"validation: CALVIN split directory not found"):
         _datamodule(small_calvin)
-    assert len(_datamodule(small_calvin, val_split=None).train_dataset) == 16
+    assert len(_datamodule(small_calvin, val_split=None).train_dataset) == 2 * 7
 
 
 def test_missing_annotation_file(small_calvin: Path) -> None:
@@ -248,7 +255,7 @@ def test_nan_window_is_skipped_and_counted(small_calvin: Path, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="vlm4vla.data.calvin"):
         dm = _datamodule(small_calvin)
     assert f"skipped {len(hit)} language window(s) with NaN/inf rel_actions" in caplog.text
-    assert len(dm.train_dataset) == 8 * (2 - len(hit))
+    assert len(dm.train_dataset) == 7 * (2 - len(hit))
     assert all(
         np.isfinite(dm.train_dataset[i]["actions"].numpy()).all() for i in range(len(dm.train_dataset))
     )
@@ -303,3 +310,37 @@ def test_calvin_frame_summary_is_stats_only(small_calvin: Path, monkeypatch: pyt
     expected = f"{len(frames)}|{sum(s.st_size for s in stats)}|{max(s.st_mtime_ns for s in stats)}"
     monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("frame read")))
     assert cache.directory_summary(split, ".npz") == expected
+
+
+@pytest.mark.parametrize(
+    ("window_end", "samples", "first_mask", "masks_end"),
+    [
+        # 8-frame window [s, s+7], N = 10. Released: t = s..s+6 (7 samples); at t = s the steps
+        # s..s+6 are valid (7), s+7 = end is masked. Inclusive: 8 samples, 8 valid steps.
+        ("exclusive", 7, [True] * 7 + [False] * 3, True),
+        ("inclusive", 8, [True] * 8 + [False] * 2, False),
+    ],
+)
+def test_window_end_sample_counts_and_masks(
+    small_calvin: Path, window_end: str, samples: int, first_mask: list, masks_end: bool
+) -> None:
+    dm = _datamodule(small_calvin, image_augmentation=False, window_end=window_end)
+    ds, reader = dm.train_dataset, dm.reader("train")
+    assert len(ds) == 2 * samples and ds.lengths.tolist() == [samples, samples]
+    start, end = (int(v) for v in reader.windows[0])
+    assert end - start == 7
+    first = ds[0]
+    assert first["frame_index"] == start and first["action_mask"].tolist() == first_mask
+    frames = [ds[i]["frame_index"] for i in range(samples)]
+    assert frames == list(range(start, start + samples))
+    # the step that would show the action at ``end`` (step 7 of the first sample)
+    assert bool(first["action_mask"][7]) is not masks_end
+    last = ds[samples - 1]
+    assert last["action_mask"].tolist() == [True] + [False] * (N - 1)
+    assert last["frame_index"] == (end - 1 if masks_end else end)
+
+
+def test_window_end_is_checked_and_recorded(small_calvin: Path) -> None:
+    with pytest.raises(ValueError, match="window_end must be one of"):
+        CalvinDataModule(small_calvin, window_end="closed")
+    assert CalvinDataModule(small_calvin, num_workers=0).state_dict()["data_options"] == {"window_end": "exclusive"}

@@ -20,6 +20,24 @@ from vlm4vla.data.formats.base import DatasetFormatError
 from vlm4vla.data.libero import LiberoDataModule
 
 N = 4
+CLIP = 0.65  # the released second normalisation stage (LIBERO and Bridge default)
+
+
+def _normalised(arm: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
+    """q01/q99 → [-1, 1] (clipped), then clip ±0.65 and divide by 0.65, written out by hand."""
+    unit = np.clip(2 * (arm - q01[:6]) / (q99[:6] - q01[:6]) - 1, -1, 1)
+    return np.clip(unit, -CLIP, CLIP) / CLIP
+
+
+def _bridge_orig_rows(truth: dict) -> tuple[np.ndarray, np.ndarray]:
+    """What bridge_orig should give for a fixture episode, from its written states: rows for frames
+    1..T-2, arm = state[t+1, :6] - state[t, :6], gripper = the written value (the fixtures write
+    only stable 0/1 or -1/+1 grippers, so the hysteresis keeps them: > 0.95 → 1, else 0)."""
+    actions, state = np.asarray(truth["actions"], np.float32), np.asarray(truth["state"], np.float32)
+    steps = np.arange(1, len(actions) - 1)
+    arm = state[steps + 1, :6] - state[steps, :6]
+    gripper = (actions[steps, 6] > 0.95).astype(np.float32)
+    return np.concatenate([arm, gripper[:, None]], axis=1).astype(np.float64), steps
 
 
 def _make(kind: str, fmt: str, tmp: Path) -> tuple[EpisodeDataModule, list[dict], list[dict] | None]:
@@ -51,32 +69,41 @@ CASES = [
 
 @pytest.mark.parametrize(("kind", "fmt"), CASES)
 def test_samples_match_written_episodes(kind: str, fmt: str, tmp_path: Path) -> None:
+    # Defaults: Bridge trains on bridge_orig-relabelled actions, both on q01/q99 then ±0.65.
     dm, train_truth, val_truth = _make(kind, fmt, tmp_path)
     dm.setup("fit")
     assert dm.resolved_format == fmt.split("-")[0]
     ds = dm.train_dataset
+
+    def rows(truth: dict) -> tuple[np.ndarray, np.ndarray]:  # pre-normalisation rows, their frames
+        if kind == "bridge":
+            return _bridge_orig_rows(truth)
+        actions = np.asarray(truth["actions"], np.float64)
+        return actions, np.arange(len(actions))
+
     if val_truth is not None:  # RLDS val split used as is
-        assert len(dm.val_dataset) == sum(e["length"] for e in val_truth)
+        assert len(dm.val_dataset) == sum(len(rows(e)[1]) for e in val_truth)
     else:
         assert set(ds.episodes.tolist()).isdisjoint(dm.val_dataset.episodes.tolist())
-    raw_train = np.concatenate([np.asarray(train_truth[e]["actions"], np.float64) for e in ds.episodes])
+    raw_train = np.concatenate([rows(train_truth[e])[0] for e in ds.episodes])
     q01, q99 = np.quantile(raw_train, [0.01, 0.99], axis=0)
     for index in (0, 3, int(ds.lengths[0]) - 1, len(ds) - 1):
         sample = ds[index]
         ep, t = sample["episode_index"], sample["frame_index"]
         truth = train_truth[ep]
-        actions = np.asarray(truth["actions"], np.float64)
+        actions, frames = rows(truth)
+        r = int(np.searchsorted(frames, t))  # the sample's row; its frame is reader step t
+        assert frames[r] == t
         assert (
             sample["image"].dtype == np.uint8 and sample["image"].ndim == 3 and sample["image"].shape[2] == 3
         )
         assert sample["actions"].dtype == torch.float32 and sample["actions"].shape == (N, 7)
         assert sample["instruction"] == truth["instruction"]
-        steps = np.minimum(t + np.arange(N), len(actions) - 1)
-        expected = np.clip(2 * (actions[steps, :6] - q01[:6]) / (q99[:6] - q01[:6]) - 1, -1, 1)
-        np.testing.assert_allclose(sample["actions"][:, :6].numpy(), expected, atol=1e-5)
-        gripper = actions[steps, 6] >= 0.5 if kind == "bridge" else actions[steps, 6] > 0
+        steps = np.minimum(r + np.arange(N), len(actions) - 1)
+        np.testing.assert_allclose(sample["actions"][:, :6].numpy(), _normalised(actions[steps, :6], q01, q99), atol=1e-5)
+        gripper = actions[steps, 6] >= 1.0 if kind == "bridge" else actions[steps, 6] > 0
         np.testing.assert_array_equal(sample["actions"][:, 6].numpy(), gripper.astype(np.float32))
-        np.testing.assert_array_equal(sample["action_mask"].numpy(), t + np.arange(N) < len(actions))
+        np.testing.assert_array_equal(sample["action_mask"].numpy(), r + np.arange(N) < len(actions))
         # RLDS and LeRobot ports store upright images: used as stored
         np.testing.assert_array_equal(sample["image"], ds.reader.frame(ep, t))
     batch = next(iter(dm.train_dataloader()))
@@ -96,8 +123,8 @@ def test_bridge_rlds_skips_episodes_without_primary_camera(tmp_path: Path) -> No
     dm = BridgeDataModule(tmp_path / truth["name"], chunk_size=N, num_workers=0, image_augmentation=False)
     dm.setup("fit")
     assert 1 not in dm.train_dataset.episodes.tolist()
-    assert len(dm.train_dataset) == sum(
-        e["length"] for i, e in enumerate(truth["splits"]["train"]["episodes"]) if i != 1
+    assert len(dm.train_dataset) == sum(  # bridge_orig: T - 2 rows per episode
+        e["length"] - 2 for i, e in enumerate(truth["splits"]["train"]["episodes"]) if i != 1
     )
 
 
@@ -153,8 +180,8 @@ def test_libero_datamodule_reads_openpi_lerobot_port(tmp_path: Path) -> None:
         np.testing.assert_array_equal(sample["image"], episode["frames"][t])  # image, not wrist_image
         assert sample["instruction"] == episode["instruction"]
         steps = np.minimum(t + np.arange(N), episode["length"] - 1)
-        expected = np.clip(2 * (episode["actions"][steps, :6] - q01[:6]) / (q99[:6] - q01[:6]) - 1, -1, 1)
-        np.testing.assert_allclose(sample["actions"][:, :6].numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(sample["actions"][:, :6].numpy(), _normalised(episode["actions"][steps, :6], q01, q99),
+                                   atol=1e-5)  # fmt: skip
 
 
 def test_feature_keys_reach_the_hdf5_reader(tmp_path: Path) -> None:

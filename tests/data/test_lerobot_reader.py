@@ -15,6 +15,7 @@ import torch
 from tests.fixtures.lerobot import AV1_CODEC, OPENPI_LIBERO_KEYS, WRIST_KEY, write_lerobot_dataset
 from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader
 from vlm4vla.data.formats.lerobot import LeRobotReader
+from vlm4vla.data.formats.lerobot_video import VideoStream
 
 torch.set_num_threads(1)
 
@@ -83,7 +84,7 @@ def test_pickled_reader_reopens_lazily(dataset):
     reader = LeRobotReader(dataset["root"])
     first = reader.frame(2, 3)
     clone = pickle.loads(pickle.dumps(reader))
-    assert not clone._parquets and not clone._videos and clone._batch is None
+    assert not clone._parquets and not clone._videos and not clone._streams and not clone._columns
     np.testing.assert_array_equal(clone.frame(2, 3), first)
     np.testing.assert_array_equal(clone.actions(2), reader.actions(2))
     reader.close()
@@ -115,8 +116,8 @@ def test_sequential_video_frames_decode_without_reseeking(tmp_path, monkeypatch)
     written = write_lerobot_dataset(tmp_path, version="v3.0", video=True, num_episodes=2, steps=10)
     reader = LeRobotReader(tmp_path)
     seeks = []
-    original = LeRobotReader._seek
-    monkeypatch.setattr(LeRobotReader, "_seek", lambda self, state, t: (seeks.append(t), original(self, state, t)))
+    original = VideoStream.seek
+    monkeypatch.setattr(VideoStream, "seek", lambda self, t, tolerance: (seeks.append(t), original(self, t, tolerance)))
     for step in range(written["episodes"][1]["length"]):
         _assert_frame(reader.frame(1, step), written, 1, step, video=True)
     assert len(seeks) == 1

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from vlm4vla.data.datamodule import EpochDistributedSampler
 from vlm4vla.data.libero import LiberoDataModule
-from vlm4vla.data.normalization import normalizer_from_dict
+from vlm4vla.data.loader import EpochDistributedSampler
+from vlm4vla.policy.action_space import normalizer_from_dict
 
 
 class _Recorder(pl.LightningModule):

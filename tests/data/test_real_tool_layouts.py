@@ -17,6 +17,7 @@ from PIL import Image
 from tests.fixtures.corpus import CORPUS
 from tests.fixtures.rlds import decode_example, read_tfrecords
 from vlm4vla.data.bridge import BridgeDataModule
+from vlm4vla.data.dataset import prepare_actions
 from vlm4vla.data.formats.detect import open_episode_reader
 from vlm4vla.data.libero import LiberoDataModule
 
@@ -113,10 +114,57 @@ def test_real_bridge_excerpt_trains_on_all_episodes_despite_has_image_0(real_bri
     dm.setup("fit")
     train, val = _bridge_truth(real_bridge, "train"), _bridge_truth(real_bridge, "val")
     assert len(dm.train_dataset.episodes) == 25 and len(dm.val_dataset.episodes) == 25
-    assert len(dm.train_dataset) == sum(len(ep["steps/action"]) // 7 for ep in train)
-    assert len(dm.val_dataset) == sum(len(ep["steps/action"]) // 7 for ep in val)
+    # bridge_orig (default) keeps steps 1..T-2 of each episode
+    assert len(dm.train_dataset) == sum(len(ep["steps/action"]) // 7 - 2 for ep in train)
+    assert len(dm.val_dataset) == sum(len(ep["steps/action"]) // 7 - 2 for ep in val)
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape[0] == 4 and batch["actions"].shape == (4, 4, 7)
+
+
+def _hysteresis(gripper: np.ndarray) -> np.ndarray:
+    """OpenVLA's binarize_gripper_actions written as its docstring's loop: from the last step
+    backwards, > 0.95 → 1, < 0.05 → 0, in between → the value after it (the raw last value at first)."""
+    out, carry = np.empty_like(gripper), gripper[-1]
+    for i in reversed(range(len(gripper))):
+        if gripper[i] > 0.95:
+            carry = 1.0
+        elif gripper[i] < 0.05:
+            carry = 0.0
+        out[i] = carry
+    return out
+
+
+@needs_real_bridge
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_real_bridge_bridge_orig_actions_are_state_deltas(real_bridge: Path, split: str) -> None:
+    dm = BridgeDataModule(real_bridge.parent, chunk_size=4, num_workers=0, image_augmentation=False)
+    index = dm.episode_index(split)  # pre-normalisation actions, after bridge_orig
+    truth = _bridge_truth(real_bridge, split)
+    in_between = trailing = 0
+    for e, ep in enumerate(truth):
+        raw = ep["steps/action"].reshape(-1, 7)
+        state = ep["steps/observation/state"].reshape(-1, 7)  # float32, as TFDS wrote it
+        length = len(raw)
+        np.testing.assert_array_equal(index.episode_steps(e), np.arange(1, length - 1))
+        actions = index.episode_actions(e)
+        assert actions.shape == (length - 2, 7)
+        # arm: state[t+1] - state[t] for t = 1..T-2, exactly (float32 arithmetic both sides)
+        np.testing.assert_array_equal(actions[:, :6], state[2:, :6] - state[1:-1, :6])
+        # gripper: hysteresis over steps 1..T-1, then the last one dropped
+        np.testing.assert_array_equal(actions[:, 6], _hysteresis(raw[1:, 6])[:-1])
+        middle = (raw[1:, 6] >= 0.05) & (raw[1:, 6] <= 0.95)
+        in_between += int(middle.sum())
+        trailing += int(middle[-1])
+    assert in_between > 0 and trailing > 0  # the excerpt exercises both hysteresis cases
+    # the training targets: a binarised 1 → 1, anything else (a trailing raw value) → 0
+    if split == "train":
+        dm.setup("fit")
+        train = dm.train_dataset
+        targets = prepare_actions(index.take(train.episodes).actions, dm.normalizer)[:, 6]
+        np.testing.assert_array_equal(targets, (index.take(train.episodes).actions[:, 6] == 1.0).astype(np.float32))
+        sample = train[0]
+        assert sample["frame_index"] == 1  # the first kept frame is step 1
+        np.testing.assert_array_equal(sample["image"], train.reader.frame(int(train.episodes[0]), 1))
 
 
 @needs_real_libero

@@ -21,8 +21,10 @@ from tests.fixtures.rlds import (
     write_rlds_dataset,
 )
 from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader
-from vlm4vla.data.formats.detect import detect_format, resolve_rlds_root
-from vlm4vla.data.formats.rlds import Example, RLDSReader, has_split, masked_crc32c
+from vlm4vla.data.formats.detect import detect_format
+from vlm4vla.data.formats.rlds import RLDSReader
+from vlm4vla.data.formats.tfds import has_split, resolve_rlds_root
+from vlm4vla.data.formats.tfrecord import Example, masked_crc32c
 
 torch.set_num_threads(1)
 
@@ -108,7 +110,7 @@ def test_lazy_and_picklable(dataset):
     assert reader._records is None and not reader._fds  # nothing opened in __init__
     first = reader.frame(3, 2)
     clone = pickle.loads(pickle.dumps(reader))
-    assert not clone._fds and clone._cached is None and clone._records is not None  # index travels
+    assert not clone._fds and not clone._examples and clone._records is not None  # index travels
     np.testing.assert_array_equal(clone.frame(3, 2), first)
     reader.close()
     np.testing.assert_array_equal(reader.frame(3, 2), first)

@@ -13,10 +13,18 @@ Importing this module registers them in-process; the CLI loads it with
 * ``reach-8d`` / ``reach-maxchunk2`` — incompatible with a 7-d, chunk-4 policy.
 * ``reach-nosim`` / ``reach-nosim-worker`` — the simulator package is missing (detected by
   ``check_available`` / only when the env is built in the worker).
+* ``reach-sim`` — a well-behaved plugin whose "simulator" (``SIMULATOR``) is probed in
+  ``check_available`` and imported only in ``make_env``; `tests/evaluation/test_testing_kit.py`
+  runs the plugin contract on it.
+* ``reach-modules`` — ``reach`` whose records list the heavy modules loaded in the process that
+  ran the episode (a spawned worker with ``--workers 2``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -170,6 +178,33 @@ class NoSimInWorkerReachEvaluator(ReachEvaluator):
         return super().make_env(spec, seed=seed)
 
 
+class SimulatedReachEvaluator(ReachEvaluator):
+    name = "reach-sim"
+    install_hint = "pip install wave-sim (a test double: the stdlib's wave module plays the simulator)"
+    SIMULATOR = "wave"  # any module nothing else imports
+
+    def check_available(self) -> None:
+        if importlib.util.find_spec(self.SIMULATOR) is None:
+            raise SimulatorImportError(f"{self.SIMULATOR} is not installed; {self.install_hint}")
+
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> ReachEnv:
+        try:
+            importlib.import_module(self.SIMULATOR)
+        except ImportError as err:
+            raise SimulatorImportError(f"{self.SIMULATOR} failed to import ({err}); {self.install_hint}") from err
+        return super().make_env(spec, seed=seed)
+
+
+class ModulesReachEvaluator(ReachEvaluator):
+    name = "reach-modules"
+    HEAVY = ("lightning", "pytorch_lightning", "vlm4vla.data", "vlm4vla.training", "torch", "transformers")
+
+    def run_episode(self, env: ReachEnv, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None) -> dict:
+        record = super().run_episode(env, policy, spec, max_steps=max_steps)
+        heavy = [h for h in self.HEAVY if any(m == h or m.startswith(h + ".") for m in list(sys.modules))]
+        return {**record, "heavy_modules": heavy}
+
+
 for _cls in (
     ReachEvaluator,
     SlowReachEvaluator,
@@ -178,5 +213,7 @@ for _cls in (
     MaxChunk2ReachEvaluator,
     NoSimReachEvaluator,
     NoSimInWorkerReachEvaluator,
+    SimulatedReachEvaluator,
+    ModulesReachEvaluator,
 ):
     register_evaluator(_cls)

@@ -23,7 +23,7 @@ import torch
 
 from vlm4vla.backbones import get_backbone
 from vlm4vla.cli.evaluate import main
-from vlm4vla.evaluation.plugin import load_evaluator
+from vlm4vla.evaluation.plugin import EvaluationError, load_evaluator
 from vlm4vla.evaluation.sweep import SweepSettings, load_policy, resolve_checkpoints, run_sweep
 from vlm4vla.policy import VLAPolicy
 from vlm4vla.policy.bundle import PROCESSOR_DIR, WEIGHTS_NAME
@@ -96,7 +96,7 @@ def test_failed_evaluation_keeps_previous_reports(
     evaluator = load_evaluator("reach")
     checkpoints = resolve_checkpoints(run_dir / "checkpoints" / "step=000100")
     settings = SweepSettings(modes=["full"], episodes_per_task=3)
-    with pytest.raises(ValueError, match="non-finite action"):
+    with pytest.raises(EvaluationError, match="non-finite action"):
         run_sweep(evaluator, checkpoints, out, settings, policy_loader=flaky_loader)
     partial = log.read_bytes()
     assert partial.startswith(episodes) and partial.count(b"\n") == episodes.count(b"\n") + 1

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.backbones.conftest import TINY_VARIANTS, variant_id
 from vlm4vla.backbones import get_backbone
@@ -49,12 +50,39 @@ def test_bundle_keeps_prompt_scheme_and_lora(tmp_path):
     torch.testing.assert_close(loaded.predict_chunk(IMAGES, TEXTS), policy.predict_chunk(IMAGES, TEXTS))
 
 
-def test_resaving_replaces_atomically(tmp_path):
-    policy = VLAPolicy(get_backbone("kosmos-2").tiny(), chunk_size=2)
-    policy.save_pretrained(tmp_path / "b")
-    policy.chunk_size = 2
-    policy.save_pretrained(tmp_path / "b")
+def test_resaving_replaces_atomically_with_the_new_weights(tmp_path):
+    """A re-save over an existing bundle leaves exactly the second policy on disk, read back
+    with ``safetensors`` itself (not through the bundle loader)."""
+    first = VLAPolicy(get_backbone("kosmos-2").tiny(seed=0), chunk_size=2)
+    second = VLAPolicy(get_backbone("kosmos-2").tiny(seed=1), chunk_size=3)
+    with torch.no_grad():
+        second.action_query.embedding.add_(1.0)
+    first.save_pretrained(tmp_path / "b")
+    first_on_disk = load_file(tmp_path / "b" / WEIGHTS_NAME)
+    second.save_pretrained(tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+    on_disk = load_file(tmp_path / "b" / WEIGHTS_NAME)
+    expected = second.state_dict()
+    assert set(on_disk) <= set(expected)
+    for name in set(expected) - set(on_disk):  # only tied aliases may be stored once
+        tensor = expected[name]
+        assert any(
+            other.data_ptr() == tensor.data_ptr() and other.shape == tensor.shape
+            for key, other in expected.items()
+            if key in on_disk
+        ), f"{name} is missing from the re-saved weights and is not tied to a stored tensor"
+    stale = [name for name, tensor in on_disk.items() if not torch.equal(tensor, expected[name])]
+    assert not stale, f"re-saved bundle still holds other weights for {stale[:5]}"
+    # … and every tensor in which the two policies differ differs from the first bundle's file.
+    old = first.state_dict()
+    differing = {name for name in on_disk if not torch.equal(old[name], expected[name])}
+    head_weights = {name for name in on_disk if name.startswith("head.") and name.endswith(".weight")}
+    assert {"action_query.embedding", *head_weights} <= differing
+    changed = {name for name in on_disk if not torch.equal(on_disk[name], first_on_disk.get(name, torch.empty(0)))}
+    assert changed == differing, f"still the first bundle's weights: {sorted(differing - changed)[:5]}"
+    assert json.loads((tmp_path / "b" / CONFIG_NAME).read_text())["chunk_size"] == 3
+    assert VLAPolicy.from_pretrained(tmp_path / "b").chunk_size == 3
 
 
 def test_bad_bundles_are_clear_errors(tmp_path):

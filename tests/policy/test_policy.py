@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from tests.backbones.conftest import TINY_VARIANTS, variant_id
 from vlm4vla.backbones import get_backbone
-from vlm4vla.policy import FCDecoder, LoraSettings, VLAPolicy, action_loss
+from vlm4vla.policy import ActionQuery, FCDecoder, LoraSettings, VLAPolicy, action_loss
+from vlm4vla.policy.action_space import GripperConvention, RangeNormalizer
 
 
 # ---------------------------------------------------------------------------- head
@@ -40,6 +41,19 @@ def test_fc_decoder_rejects_bad_sizes():
         FCDecoder(64, chunk_size=0)
     with pytest.raises(ValueError, match="hidden_size"):
         FCDecoder(63, chunk_size=4)
+
+
+# ---------------------------------------------------------------------------- ActionQuery
+def test_action_query_starts_at_zero_and_learns():
+    """As released (``nn.Parameter(torch.zeros(H))``): zeros, one H-vector, trainable."""
+    query = ActionQuery(48)
+    assert torch.equal(query(), torch.zeros(48)) and query.embedding.requires_grad
+    query.embedding.data.fill_(1.0)
+    query.reset_parameters()
+    assert not query.embedding.any()
+    policy = VLAPolicy(get_backbone("qwen2.5-vl").tiny(), chunk_size=2)
+    assert policy.action_query.embedding.shape == (policy.backbone.hidden_size,)
+    assert not policy.action_query.embedding.any()
 
 
 # ---------------------------------------------------------------------------- loss
@@ -81,15 +95,6 @@ def _images(n):
     return np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
 
 
-class _ScaleNormalizer:
-    """Arm ×10 on the way out, gripper untouched: enough to see de-normalisation applied."""
-
-    def denormalize(self, actions):
-        out = np.array(actions, copy=True)
-        out[..., :6] *= 10
-        return out
-
-
 def test_predict_chunk_shapes_binarised_gripper_determinism_and_mode():
     policy = VLAPolicy(get_backbone("kosmos-2").tiny(), chunk_size=5).train()
     chunk = policy.predict_chunk(_images(3), ["a", "b", "c d e"])
@@ -98,7 +103,8 @@ def test_predict_chunk_shapes_binarised_gripper_determinism_and_mode():
     assert chunk[..., :6].abs().max() <= 1.0
     torch.testing.assert_close(policy.predict_chunk(_images(3), ["a", "b", "c d e"]), chunk)
     assert policy.training, "predict_chunk restores the previous mode"
-    policy.normalizer = _ScaleNormalizer()
+    # [-10, 10] → [-1, 1]: de-normalising is arm × 10; the "unit" gripper stays 0/1.
+    policy.normalizer = RangeNormalizer(-10, 10, gripper=GripperConvention("unit"))
     scaled = policy.predict_chunk(_images(3), ["a", "b", "c d e"])
     torch.testing.assert_close(scaled[..., :6], chunk[..., :6] * 10)
     torch.testing.assert_close(scaled[..., 6], chunk[..., 6])
@@ -212,7 +218,7 @@ def test_untied_lm_head_is_frozen():
 
 
 def test_predict_chunk_maps_the_gripper_to_the_dataset_convention():
-    from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer
+    from vlm4vla.policy.action_space import GripperConvention, QuantileNormalizer
 
     raw = np.random.default_rng(0).uniform(-0.5, 0.5, (200, 7)).astype(np.float32)
     raw[:, 6] = np.sign(raw[:, 6])

@@ -40,7 +40,7 @@ def _recipe(tmp_path: Path, run: str, *, data_class: str, root: Path, chunk: int
             "max_steps": 4, "val_check_interval": 2, "limit_val_batches": 1, "logger": False,
             "default_root_dir": str(tmp_path / run),
             "callbacks": [{
-                "class_path": "vlm4vla.training.export.VLACheckpoint",
+                "class_path": "vlm4vla.training.VLACheckpoint",
                 "init_args": {"dirpath": str(tmp_path / run / "checkpoints"), "every_n_train_steps": 2,
                               "save_top_k": -1, "save_last": True},
             }],
@@ -48,7 +48,7 @@ def _recipe(tmp_path: Path, run: str, *, data_class: str, root: Path, chunk: int
         },
         "model": {"chunk_size": chunk},
         "data": {"class_path": data_class,
-                 "init_args": {"root": str(root), "chunk_size": chunk, "batch_size": 4, "num_workers": 0}},
+                 "init_args": {"root": str(root), "batch_size": 4, "num_workers": 0}},
     }
     path = tmp_path / f"{run}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -142,10 +142,17 @@ def test_missing_data_path_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "nodata" / "checkpoints").exists()
 
 
-def test_chunk_size_disagreement_is_one_clear_error(tmp_path, datasets, capsys):
+def test_chunk_size_is_given_once_on_the_model(tmp_path, datasets, capsys):
     config = _recipe(tmp_path, "chunk", data_class="vlm4vla.data.LiberoDataModule", root=datasets["libero"])
-    assert main(["fit", "--config", str(config), "--model.chunk_size=10"]) == 2
-    assert "chunk_size" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["fit", "--config", str(config), "--model.chunk_size=2", "--trainer.max_steps=2"]) == 0
+    policy = VLAPolicy.from_pretrained(tmp_path / "chunk" / "checkpoints" / "step=000002")
+    assert policy.chunk_size == 2  # the datamodule followed: its batches had chunks of 2
+    capsys.readouterr()
+    assert main(["fit", "--config", str(config), "--data.init_args.chunk_size=3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "vlm4vla fit: error: recipe: data.init_args.chunk_size: set model.chunk_size only "
+        "(the datamodule's follows it)"
+    )
 
 
 def test_checkpoint_of_another_backbone_is_refused(tmp_path, datasets, capsys):

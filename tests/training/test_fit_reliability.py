@@ -35,7 +35,7 @@ def _recipe(tmp_path: Path, run: str, root: Path, *, workers: int, every: int = 
         "trainer": {
             "max_steps": 9, "val_check_interval": None, "check_val_every_n_epoch": None, "limit_val_batches": 0,
             "logger": False, "default_root_dir": str(tmp_path / run),
-            "callbacks": [{"class_path": "vlm4vla.training.export.VLACheckpoint", "init_args": callback}],
+            "callbacks": [{"class_path": "vlm4vla.training.VLACheckpoint", "init_args": callback}],
             **trainer,
         },
         "data": {"class_path": "vlm4vla.data.LiberoDataModule",

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from vlm4vla.backbones.factory import create_backbone
 from vlm4vla.training.memory import GIB, estimate_memory, image_tokens, layer_activation_bytes
-from vlm4vla.training.module import build_backbone
 from vlm4vla.training.recipes import RECIPES_DIR, RecipeError, list_recipes, load_recipe
 
 # Qwen3-VL-2B at N=10: backbone (paper Table 9) + FCDecoder + ActionQuery.
@@ -44,10 +44,12 @@ def test_qwen3_vl_2b_states_match_a_hand_computation():
 
 def test_qwen3_vl_2b_activations_follow_korthikanti():
     est = estimate_memory(RECIPES_DIR / "calvin/qwen3-vl-2b.yaml")
-    # A 224² image is upscaled to the processor's 256² minimum: 16×16 patches, 8×8 merged tokens.
-    assert (est.sequence_length, est.vision_tokens) == (64 + 40, 256)
-    llm = 28 * (34 * 104 * 2048 + 5 * 16 * 104**2)
-    vit = 24 * (34 * 256 * 1024 + 5 * 16 * 256**2)
+    # A 224² image (50,176 pixels) is below the released minimum of 256·28·28 = 200,704 pixels:
+    # upscaled ×2 to 448² = 28×28 patches of 16, 14×14 merged tokens, + 40 text tokens.
+    assert (est.sequence_length, est.vision_tokens) == (196 + 40, 784)
+    llm = 28 * (34 * 236 * 2048 + 5 * 16 * 236**2)
+    vit = 24 * (34 * 784 * 1024 + 5 * 16 * 784**2)
+    assert 16 * (llm + vit) == 38_721_994_752  # bytes, 36.06 GiB for the micro-batch of 16
     assert est.activations_gb == pytest.approx(16 * (llm + vit) / GIB)
     parts = (est.params_gb, est.grads_gb, est.optimizer_gb, est.unsharded_layer_gb, est.unsharded_root_gb,
              est.activations_gb)
@@ -96,7 +98,9 @@ def test_world_size_is_devices_times_nodes():
 
 def test_activation_checkpointing_reduces_activations():
     recipe = copy.deepcopy(_recipe("calvin/qwen2.5-vl-3b"))
+    recipe["model"]["activation_checkpointing"] = False  # the recipe turns it on (84 GiB without)
     plain = estimate_memory(recipe)
+    assert not plain.fits
     recipe["model"]["activation_checkpointing"] = True
     ckpt = estimate_memory(recipe)
     assert ckpt.activation_checkpointing and not plain.activation_checkpointing
@@ -124,24 +128,28 @@ def test_fused_attention_drops_the_score_term():
 @pytest.mark.parametrize(
     ("backbone", "image_size", "expected"),
     [
-        ("qwen2.5-vl-3b", 224, (64, 256)),      # 224 = 8·28
-        ("qwen2.5-vl-3b", 512, (324, 1296)),    # round(512/28)·28 = 504
-        ("qwen2.5-vl-3b", 768, (729, 2916)),    # round(768/28)·28 = 756
-        ("qwen3-vl-2b", 224, (64, 256)),        # below 256² pixels: upscaled to 256
-        ("qwen3-vl-2b", 512, (256, 1024)),
+        # Released budget 256·28·28 … 1280·28·28 pixels (200,704 … 1,003,520).
+        ("qwen2.5-vl-3b", 224, (256, 1024)),    # 224² < 200,704: ×2 → 448 = 16·28, 32² patches of 14
+        ("qwen2.5-vl-3b", 512, (324, 1296)),    # round(512/28)·28 = 504, 504² = 254,016 in budget
+        ("qwen2.5-vl-3b", 768, (729, 2916)),    # round(768/28)·28 = 756, 756² = 571,536 in budget
+        ("qwen3-vl-2b", 224, (196, 784)),       # ×2 → 448 = 14·32, 28² patches of 16
+        ("qwen3-vl-2b", 512, (256, 1024)),      # 512 = 16·32, 512² = 262,144 in budget
         ("paligemma-3b", 224, (256, 256)),
         ("paligemma2-3b", 512, (256, 256)),     # the processor resizes to 224 anyway
         ("kosmos-2", 224, (64, 257)),           # 64 latent slots; CLIP patches + CLS
     ],
 )
 def test_image_tokens_follow_the_processors(backbone, image_size, expected):
-    assert image_tokens(build_backbone(backbone, weights="meta"), image_size) == expected
+    assert image_tokens(create_backbone(backbone, weights="meta"), image_size) == expected
 
 
 def test_image_tokens_read_a_present_processor():
-    # The tiny Qwen3-VL processor keeps transformers' default 56² minimum: 224² → 7×7 tokens,
-    # as the processor itself produces (tests/backbones/test_backbones.py).
-    assert image_tokens(build_backbone("tiny:qwen3-vl"), 224) == (49, 196)
+    # The tiny Qwen3-VL processor has the released budget, as the full-size one: 196 tokens.
+    backbone = create_backbone("tiny:qwen3-vl")
+    assert image_tokens(backbone, 224) == (196, 784)
+    # With transformers' default 56² minimum instead, 224 = 7·32 stays: 7×7 tokens, 14×14 patches.
+    backbone.processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+    assert image_tokens(backbone, 224) == (49, 196)
 
 
 def test_every_recipe_gets_an_estimate():

@@ -96,3 +96,44 @@ def test_chunk_size_disagreement_fails_before_training(tmp_path):
 def test_unknown_backbone_fails_at_construction():
     with pytest.raises(ValueError, match="unknown preset 'qwen4-vl'"):
         VLAModule("qwen4-vl")
+
+
+def test_released_switches_are_model_arguments():
+    """Each switch is one ``model:`` key, mapped into the `VLAConfig` and given to the backbone."""
+    module = VLAModule("tiny:qwen3-vl-moe", chunk_size=4, qwen_positions="1d", deepstack=False)
+    config = module.vla_config
+    assert (config.qwen_positions, config.deepstack, config.paligemma_attention, config.kosmos2_prompt) == (
+        "1d", False, None, None)
+    assert VLAModule.policy_config(dict(module.hparams)) == config
+    policy = module.build_policy(weights="meta")
+    assert policy.backbone.switches == {"qwen_positions": "1d", "deepstack": False}
+    assert VLAModule("tiny:paligemma", paligemma_attention="causal").vla_config.paligemma_attention == "causal"
+    assert VLAModule("tiny:kosmos-2", kosmos2_prompt="released").vla_config.kosmos2_prompt == "released"
+    # Unset: the stock model; old hparams without the keys map to the same config.
+    stock = VLAModule("tiny:qwen3-vl").vla_config
+    assert stock.switches() == {} and VLAModule.policy_config({"backbone": "tiny:qwen3-vl"}) == stock
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "tiny:paligemma", "qwen_positions": "1d"}, r"^qwen_positions: applies to the qwen2\.5-vl, "),
+        ({"backbone": "qwen2.5-vl-3b", "deepstack": False}, r"^deepstack: applies to .* not qwen2\.5-vl$"),
+        ({"backbone": "tiny:qwen3-vl", "kosmos2_prompt": "released"}, r"^kosmos2_prompt: .* not qwen3-vl$"),
+        ({"backbone": "kosmos-2", "paligemma_attention": "bidirectional"},
+         r"^paligemma_attention: expected one of 'prefix', 'causal', got 'bidirectional'$"),
+    ],
+)
+def test_a_switch_the_backbone_does_not_take_fails_at_construction(kwargs, message):
+    from vlm4vla.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        VLAModule(**kwargs)
+
+
+def test_resuming_with_another_switch_is_refused():
+    saved = dict(VLAModule("tiny:qwen2.5-vl", qwen_positions="1d").hparams)
+    with pytest.raises(ValueError, match="qwen_positions='1d' but this run uses qwen_positions=None"):
+        VLAModule.check_compatible(saved, dict(VLAModule("tiny:qwen2.5-vl").hparams))
+    saved.pop("qwen_positions")  # a checkpoint from before the switches
+    VLAModule.check_compatible(saved, dict(VLAModule("tiny:qwen2.5-vl").hparams))

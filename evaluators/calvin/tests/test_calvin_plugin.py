@@ -5,7 +5,6 @@ task oracle that reports a subtask after scripted numbers of steps."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +16,9 @@ import vlm4vla_calvin.env as calvin_env_setup
 import yaml
 from vlm4vla_calvin import GROUP, CalvinEpisode, CalvinEvaluator, load_eval_set, to_env_action
 
-from vlm4vla.evaluation import SimulatorImportError
+from vlm4vla.evaluation import EvaluationError, SimulatorImportError
 from vlm4vla.evaluation.client import PolicyClient
-from vlm4vla.evaluation.plugin import IncompatibleBundleError, load_evaluator
+from vlm4vla.evaluation.testing import EvaluatorContract, ScriptedPolicy
 
 
 class FakeCalvinEnv:
@@ -77,25 +76,6 @@ class ScriptedOracle:
         return {t for t in task_filter if t in self.after and end_info["t"] - start_info["t"] >= self.after[t]}
 
 
-class ScriptedPolicy:
-    """`PolicyClient`-like: records images, instructions and resets; returns scripted actions (cycled)."""
-
-    def __init__(self, actions: list[list[float]]) -> None:
-        self.actions = [np.asarray(a, dtype=np.float32) for a in actions]
-        self.images: list[np.ndarray] = []
-        self.instructions: list[str] = []
-        self.events: list[str] = []
-
-    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
-        self.images.append(np.array(image))
-        self.instructions.append(instruction)
-        self.events.append("act")
-        return self.actions[(len(self.images) - 1) % len(self.actions)]
-
-    def reset(self) -> None:
-        self.events.append("reset")
-
-
 def _episode(env: FakeCalvinEnv, oracle: ScriptedOracle, k: int = 1) -> CalvinEpisode:
     eval_set = load_eval_set()
     seq = eval_set.sequences[k]
@@ -108,6 +88,18 @@ def _episode(env: FakeCalvinEnv, oracle: ScriptedOracle, k: int = 1) -> CalvinEp
 SEQ1 = ("turn_off_led", "push_into_drawer", "lift_blue_block_drawer", "place_in_slider", "close_drawer")
 SPEC = {"task": GROUP, "episode_id": 1, "subtasks": list(SEQ1)}
 ACTION = [[0.1, -0.2, 0.3, 0.0, 0.05, -0.05, 1.0]]
+
+
+class TestCalvinContract(EvaluatorContract):
+    suite = "calvin"
+    simulator_modules = ("calvin_env", "pybullet", "hydra", "omegaconf")
+
+    def hide_simulator(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: False)
+        monkeypatch.setitem(sys.modules, "calvin_env", None)  # importing it fails even where it is installed
+
+    def fake_env(self, spec: Mapping[str, Any]) -> CalvinEpisode:
+        return _episode(FakeCalvinEnv(), ScriptedOracle({}), int(spec["episode_id"]))
 
 
 # -------------------------------------------------------------------- rollout logic
@@ -212,9 +204,9 @@ def test_actions_are_clipped_and_the_gripper_mapped_to_exactly_plus_minus_one() 
     np.testing.assert_allclose(out, [1.0, -1.0, 0.5, 0.0, -0.2, 1.0, 1.0], rtol=1e-6)
     assert to_env_action(np.zeros(7))[6] == -1.0  # 0 (a {0,1} bundle's "close") → −1 close
     assert to_env_action(np.array([0, 0, 0, 0, 0, 0, 1.0]))[6] == 1.0  # +1 = open in CALVIN
-    with pytest.raises(ValueError, match="7-d"):
+    with pytest.raises(EvaluationError, match="7-d"):
         to_env_action(np.zeros(8))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(EvaluationError, match="non-finite"):
         to_env_action(np.array([np.nan] * 7))
     env = FakeCalvinEnv()
     CalvinEvaluator().run_episode(
@@ -245,15 +237,6 @@ def test_closing_an_episode_disconnects_once_and_drops_the_sim() -> None:
     sim.close()  # what PlayTableSimEnv.__del__ does later: no second disconnect of a reused client id
     assert sim.disconnects == 1
     CalvinEvaluator().close_env(episode)  # idempotent
-
-
-def test_check_bundle_rejects_a_unit_gripper_convention() -> None:
-    evaluator = CalvinEvaluator()
-    evaluator.check_bundle({"chunk_size": 10, "action_dim": 7, "normalizer": {"gripper": {"kind": "signed"}}})
-    with pytest.raises(IncompatibleBundleError, match="CALVIN takes"):
-        evaluator.check_bundle({"chunk_size": 10, "normalizer": {"gripper": {"kind": "unit"}}})
-    with pytest.raises(IncompatibleBundleError, match="7-d"):
-        evaluator.check_bundle({"chunk_size": 4, "action_dim": 8})
 
 
 # -------------------------------------------------------------------- resume through the harness
@@ -403,43 +386,3 @@ def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pyt
         CalvinEvaluator().check_available()
     monkeypatch.delenv("VLM4VLA_CALVIN_CONFIG")
     assert CalvinEvaluator().config_path is None
-
-
-# -------------------------------------------------------------------- without calvin_env
-def test_without_calvin_env_check_available_and_make_env_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: False)
-    with pytest.raises(SimulatorImportError, match="calvin_env is not installed; install calvin_env from source"):
-        CalvinEvaluator().check_available()
-    monkeypatch.setitem(sys.modules, "calvin_env", None)  # importing it fails even where it is installed
-    with pytest.raises(SimulatorImportError, match="git clone --recursive https://github.com/mees/calvin_env"):
-        CalvinEvaluator().make_env({"task": GROUP, "episode_id": 0}, seed=0)
-
-
-def test_cli_without_calvin_env_exits_with_one_sentence(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from vlm4vla.cli.evaluate import main
-
-    monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: False)
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "vla_config.json").write_text(
-        json.dumps({"backbone": "qwen2.5-vl", "backbone_config": {}, "chunk_size": 4})
-    )
-    code = main(["--suite", "calvin", "--ckpt", str(bundle), "--out", str(tmp_path / "out"), "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1
-    assert err.startswith("vlm4vla-eval: error: suite 'calvin': simulator unavailable: calvin_env is not installed;")
-    assert "pip install -e calvin_env" in err and "evaluators/calvin/README.md" in err
-
-
-def test_entry_point_is_installed_and_importing_does_not_import_the_simulator() -> None:
-    code = (
-        "import sys, vlm4vla_calvin; from vlm4vla.evaluation.plugin import load_evaluator; "
-        "e = load_evaluator('calvin'); e.tasks(); e.episodes(e.tasks()[0]); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('calvin_env', 'pybullet', 'hydra', 'omegaconf')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "[]"
-    assert isinstance(load_evaluator("calvin"), CalvinEvaluator)

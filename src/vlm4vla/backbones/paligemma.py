@@ -4,10 +4,16 @@ Prompt (paper-notes §2): ``<image>×256 <bos> instruction \\n <ActionQuery>``. 
 tokens form the bidirectional prefix; the instruction and the ActionQuery are the causal
 suffix, so ``token_type_ids`` is 0 on image tokens and 1 elsewhere (the stock processor would
 also put the text in the prefix).
+
+Switch ``paligemma_attention="causal"``: no ``token_type_ids``, so the stock model attends fully
+causally, image tokens included, as the released code does (it runs the model on
+``inputs_embeds`` without ``token_type_ids``: vlm4vla/model/backbone/base_backbone.py,
+``forward_continuous``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -39,6 +45,7 @@ class PaliGemmaBackbone(VLABackbone):
         r".*language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
     )
     action_query_fill = {"attention_mask": 1, "token_type_ids": 1}
+    switch_names = ("paligemma_attention",)
     tiny_special_tokens = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     tiny_variants = {"paligemma-1": {}, "paligemma-2": {"text_model_type": "gemma2"}}
 
@@ -50,6 +57,21 @@ class PaliGemmaBackbone(VLABackbone):
     @classmethod
     def build_processor(cls, tokenizer: Any, image_processor: Any) -> Any:
         return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+    @classmethod
+    def build_inputs(
+        cls,
+        processor: Any,
+        images: list[Image.Image],
+        instructions: list[str],
+        *,
+        prompt_scheme: str,
+        switches: Mapping[str, Any],
+    ) -> BatchFeature:
+        batch = super().build_inputs(processor, images, instructions, prompt_scheme=prompt_scheme, switches=switches)
+        if switches.get("paligemma_attention") == "causal":
+            batch.pop("token_type_ids")
+        return batch
 
     @classmethod
     def process(cls, processor: Any, images: list[Image.Image], prompts: list[str]) -> BatchFeature:

@@ -5,7 +5,9 @@ The architecture hyperparameters are those published in each checkpoint's ``conf
 library build a real-size model on the meta device for sizing (``vlm4vla params``) or with
 random weights for from-scratch training, without downloading anything but the tokenizer.
 ``backbone_params`` is the parameter count the configuration gives (tied weights once) and
-equals the paper's Table 9 sizes.
+equals the paper's Table 9 sizes. ``processor`` holds the image-processor settings the released
+code sets on top of the checkpoint's (vlm4vla/model/vlm_builder.py: the Qwen pixel budget
+``min_pixels = 256·28·28``, ``max_pixels = 1280·28·28``), used by every build with a processor.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Literal
 import torch
 
 from vlm4vla.backbones.base import VLABackbone, get_backbone
+from vlm4vla.backbones.qwen_vl import RELEASED_IMAGE_PROCESSOR
+from vlm4vla.errors import ConfigError
 from vlm4vla.registry import Registry
 
 
@@ -30,6 +34,7 @@ class Preset:
     config: dict[str, Any] = field(repr=False)
     backbone_params: int
     paper_head_params: str
+    processor: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def backbone_class(self) -> type[VLABackbone]:
@@ -47,21 +52,29 @@ class Preset:
 
         * ``"pretrained"`` — real weights from ``path`` (a local directory, e.g. an auxiliary
           fine-tuned VLM) or the preset's hub id;
-        * ``"random"`` — the same architecture with random weights (from-scratch training);
-          the processor still comes from ``path`` / the hub id;
+        * ``"random"`` — the same architecture trained from scratch: Xavier-uniform weights as
+          in the released code (`VLABackbone.init_from_scratch`); the processor still comes from
+          ``path`` / the hub id;
         * ``"meta"`` — on the meta device, no memory and no processor (sizing).
+
+        The processor gets the preset's ``processor`` settings on top of the checkpoint's.
         """
         cls = self.backbone_class
         source = os.fspath(path) if path is not None else self.hub_id
         if weights == "pretrained":
-            return cls.from_pretrained(source, dtype=dtype, **kwargs)
+            return cls.from_pretrained(source, dtype=dtype, image_processor_kwargs=self.processor, **kwargs)
         if weights == "random":
+            cls.resolve_switches(kwargs.get("switches"))
             local = os.path.isdir(source)
-            processor = kwargs.pop("processor", None) or cls.load_processor(source, local_files_only=local)
-            return cls.from_config(self.config, processor=processor, dtype=dtype, **kwargs)
+            processor = kwargs.pop("processor", None) or cls.load_processor(
+                source, local_files_only=local, image_processor_kwargs=self.processor
+            )
+            backbone = cls.from_config(self.config, processor=processor, dtype=dtype, **kwargs)
+            backbone.init_from_scratch()
+            return backbone
         if weights == "meta":
             return cls.from_config(self.config, device="meta", dtype=dtype, **kwargs)
-        raise ValueError(f"weights: expected 'pretrained', 'random' or 'meta', got {weights!r}")
+        raise ConfigError(f"weights: expected 'pretrained', 'random' or 'meta', got {weights!r}")
 
 
 PRESETS: Registry[Preset] = Registry("preset")
@@ -91,6 +104,7 @@ for _preset in (
                 'tie_word_embeddings': True},
         backbone_params=3_754_622_976,
         paper_head_params='6.58M',
+        processor=RELEASED_IMAGE_PROCESSOR,
     ),
     Preset(
         name='qwen2.5-vl-7b',
@@ -115,6 +129,7 @@ for _preset in (
                                   'out_hidden_size': 3584}},
         backbone_params=8_292_166_656,
         paper_head_params='11.69M',
+        processor=RELEASED_IMAGE_PROCESSOR,
     ),
     Preset(
         name='qwen3-vl-2b',
@@ -143,6 +158,7 @@ for _preset in (
                 'tie_word_embeddings': True},
         backbone_params=2_127_532_032,
         paper_head_params='6.58M',
+        processor=RELEASED_IMAGE_PROCESSOR,
     ),
     Preset(
         name='qwen3-vl-4b',
@@ -171,6 +187,7 @@ for _preset in (
                 'tie_word_embeddings': True},
         backbone_params=4_437_815_808,
         paper_head_params='8.02M',
+        processor=RELEASED_IMAGE_PROCESSOR,
     ),
     Preset(
         name='qwen3-vl-8b',
@@ -198,6 +215,7 @@ for _preset in (
                                   'out_hidden_size': 4096}},
         backbone_params=8_767_123_696,
         paper_head_params='13.92M',
+        processor=RELEASED_IMAGE_PROCESSOR,
     ),
     Preset(
         name='qwen3-vl-30b-a3b',
@@ -229,6 +247,7 @@ for _preset in (
                                   'out_hidden_size': 2048}},
         backbone_params=31_070_754_032,
         paper_head_params='6.58M',
+        processor=RELEASED_IMAGE_PROCESSOR,
     ),
     Preset(
         name='paligemma-3b',

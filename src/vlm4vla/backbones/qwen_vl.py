@@ -6,16 +6,34 @@ Prompt schemes (paper-notes §2):
   "What action should the robotic arm take to <instruction>";
 * ``short`` — ``<|im_start|><image><instruction>\\n``.
 
-The processor expands ``<|image_pad|>`` to the image's token count (224² → 64 tokens for
-Qwen2.5-VL; for Qwen3-VL 49 with the default pixel budget, 64 with the released checkpoints'
-minimum of 256² pixels) and returns ``mm_token_type_ids``, which the model needs for
-its M-RoPE positions (without it Qwen2.5-VL silently falls back to 1-D RoPE).
+The image processor gets the released code's pixel budget (vlm4vla/model/vlm_builder.py:
+``min_pixels = 256·28·28``, ``max_pixels = 1280·28·28``), so a 224² image is upscaled to 448²:
+Qwen2.5-VL (patch 14, merge 2, factor 28) sees 32×32 = 1024 patches → 256 image tokens,
+Qwen3-VL (patch 16, factor 32) 28×28 = 784 patches → 196 tokens. The processor expands
+``<|image_pad|>`` to that count and returns ``mm_token_type_ids``, which the model needs for its
+M-RoPE positions (without it Qwen2.5-VL silently falls back to 1-D RoPE).
+
+Switches (`vlm4vla.policy.config.BACKBONE_SWITCHES`):
+
+* ``qwen_positions="1d"`` — the released code runs the language model on ``inputs_embeds``
+  without the image grid, so no M-RoPE: Qwen2.5-VL gets ``cumsum(attention_mask) - 1``
+  (what the stock ``get_rope_index`` falls back to without ``input_ids``;
+  vlm4vla/model/backbone/roboqwen25vl.py), Qwen3-VL(-MoE) ``arange(L)`` over the whole padded
+  row, with the ActionQuery, which the released code appends after the padding, at position
+  ``L - 1`` (roboqwen3vl_internal.py, roboqwen3vlmoe.py). Reproduced here with explicit
+  ``position_ids`` on the stock model.
+* ``deepstack=False`` (Qwen3-VL, Qwen3-VL-MoE) — no DeepStack features into the language
+  model, as the released MoE backbone (roboqwen3vlmoe.py) calls it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
+import torch
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -29,10 +47,31 @@ from transformers import (
 )
 
 from vlm4vla.backbones.base import VLABackbone, register_backbone
+from vlm4vla.errors import ConfigError
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 SYSTEM_PROMPT = "You are a helpful assistant."
 QUESTION = "What action should the robotic arm take to"
+
+# The pixel budget the released code gives every Qwen processor (vlm4vla/model/vlm_builder.py).
+RELEASED_MIN_PIXELS = 256 * 28 * 28
+RELEASED_MAX_PIXELS = 1280 * 28 * 28
+RELEASED_IMAGE_PROCESSOR = {"size": {"shortest_edge": RELEASED_MIN_PIXELS, "longest_edge": RELEASED_MAX_PIXELS}}
+
+
+def smart_resize_side(side: int, factor: int, min_pixels: int, max_pixels: int) -> int:
+    """Qwen2-VL's ``smart_resize`` for a square image: the processed side length."""
+    resized = max(factor, round(side / factor) * factor)
+    if resized * resized > max_pixels:
+        resized = max(factor, math.floor(side / math.sqrt(side * side / max_pixels) / factor) * factor)
+    elif resized * resized < min_pixels:
+        resized = math.ceil(side * math.sqrt(min_pixels / (side * side)) / factor) * factor
+    return resized
+
+
+def _without_deepstack(module: Any, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Forward pre-hook of a Qwen3-VL language model: no DeepStack inputs (``deepstack=False``)."""
+    return args, {**kwargs, "deepstack_visual_embeds": None, "visual_pos_masks": None}
 
 
 class _NoVideoQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -64,6 +103,46 @@ class _QwenVLBackbone(VLABackbone):
     tiny_special_tokens = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
     tiny_extra_tokens = ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
     tiny_patch_size = 14
+    switch_names = ("qwen_positions",)
+    image_processor_overrides = RELEASED_IMAGE_PROCESSOR
+
+    # Pixel budget without a processor (meta-device builds): the released one, as every build
+    # with a processor uses it.
+    default_pixel_budget: ClassVar[tuple[int, int]] = (RELEASED_MIN_PIXELS, RELEASED_MAX_PIXELS)
+
+    def pixel_budget(self) -> tuple[int, int]:
+        """(min_pixels, max_pixels) of the processor this backbone feeds its images to."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is not None:
+            size = image_processor.size
+            value = lambda key: (size.get(key) if isinstance(size, dict) else getattr(size, key, None))  # noqa: E731
+            low = getattr(image_processor, "min_pixels", None) or value("shortest_edge")
+            high = getattr(image_processor, "max_pixels", None) or value("longest_edge")
+            if low and high:
+                return int(low), int(high)
+        return self.default_pixel_budget
+
+    def image_token_counts(self, image_size: int | None = None) -> tuple[int, int]:
+        """The processor's ``smart_resize`` to a multiple of patch × merge within its pixel
+        budget: ``(side / patch)²`` patches in the tower, ``/ merge²`` tokens in the LLM."""
+        vision = self.config.vision_config
+        patch, merge = int(vision.patch_size), int(getattr(vision, "spatial_merge_size", 2))
+        side = smart_resize_side(image_size or self.image_size, patch * merge, *self.pixel_budget())
+        patches = (side // patch) ** 2
+        return patches // (merge * merge), patches
+
+    # ------------------------------------------------------------------ positions
+    @staticmethod
+    def one_d_positions(attention_mask: torch.Tensor, action_query_index: torch.Tensor) -> torch.Tensor:
+        """(B, L) positions of the released code's 1-D call (``qwen_positions="1d"``)."""
+        raise NotImplementedError
+
+    def model_inputs(self, inputs: dict[str, torch.Tensor], action_query_index: torch.Tensor) -> dict[str, Any]:
+        if self.switches["qwen_positions"] != "1d":
+            return inputs
+        positions = self.one_d_positions(inputs["attention_mask"], action_query_index)
+        # The same position on the temporal, height and width axes: plain 1-D RoPE.
+        return {**inputs, "position_ids": positions.unsqueeze(0).expand(3, -1, -1)}
 
     @classmethod
     def format_prompt(cls, instruction: str, scheme: str) -> str:
@@ -75,7 +154,7 @@ class _QwenVLBackbone(VLABackbone):
             )
         if scheme == "short":
             return f"<|im_start|>{IMAGE_PLACEHOLDER}{instruction}\n"
-        raise ValueError(f"prompt_scheme: {scheme!r} is not one of {list(cls.prompt_schemes)}")
+        raise ConfigError(f"prompt_scheme: {scheme!r} is not one of {list(cls.prompt_schemes)}")
 
     @classmethod
     def build_processor(cls, tokenizer: Any, image_processor: Any) -> Any:
@@ -98,7 +177,9 @@ class _QwenVLBackbone(VLABackbone):
 
     @classmethod
     def tiny_image_processor(cls) -> Any:
-        return Qwen2VLImageProcessorPil(patch_size=cls.tiny_patch_size, merge_size=2, temporal_patch_size=2)
+        return Qwen2VLImageProcessorPil(
+            patch_size=cls.tiny_patch_size, merge_size=2, temporal_patch_size=2, **copy.deepcopy(RELEASED_IMAGE_PROCESSOR)
+        )
 
 
 @register_backbone("qwen2.5-vl")
@@ -109,6 +190,14 @@ class Qwen2_5_VLBackbone(_QwenVLBackbone):
     hf_config_class = Qwen2_5_VLConfig
     decoder_layer_class_names = ("Qwen2_5_VLDecoderLayer",)
     vision_block_class_names = ("Qwen2_5_VLVisionBlock",)
+
+    @staticmethod
+    def one_d_positions(attention_mask: torch.Tensor, action_query_index: torch.Tensor) -> torch.Tensor:
+        # Real tokens and the ActionQuery count up from 0 over attended tokens (the released
+        # layout [prompt][padding][ActionQuery] gives the ActionQuery the same position as
+        # ours, [prompt][ActionQuery][padding]); padding gets 1, as in the stock fallback.
+        mask = attention_mask.long()
+        return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
     @classmethod
     def tiny_config(cls, tokenizer: Any, **overrides: Any) -> Qwen2_5_VLConfig:
@@ -148,11 +237,30 @@ class Qwen2_5_VLBackbone(_QwenVLBackbone):
 class _Qwen3VLFamily(_QwenVLBackbone):
     processor_class = _NoVideoQwen3VLProcessor
     tiny_patch_size = 16
+    switch_names = ("qwen_positions", "deepstack")
+
+    def __init__(self, model: Any, processor: Any = None, **kwargs: Any) -> None:
+        super().__init__(model, processor, **kwargs)
+        if not self.switches["deepstack"]:
+            # The stock model passes the vision tower's DeepStack features to its language
+            # model; the released MoE backbone never does. Drop them on the way in.
+            self.language_model.register_forward_pre_hook(_without_deepstack, with_kwargs=True)
+
+    @staticmethod
+    def one_d_positions(attention_mask: torch.Tensor, action_query_index: torch.Tensor) -> torch.Tensor:
+        # arange over the whole row, padding included. The released code appends the
+        # ActionQuery after the right padding, i.e. at the last position L - 1 of the row,
+        # whatever the sample's length; ours sits right after the prompt and gets that position.
+        bsz, length = attention_mask.shape
+        positions = torch.arange(length, device=attention_mask.device).expand(bsz, length).clone()
+        positions[torch.arange(bsz, device=attention_mask.device), action_query_index] = length - 1
+        return positions
 
     @classmethod
     def tiny_image_processor(cls) -> Any:
         return Qwen2VLImageProcessorPil(
-            patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+            patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            **copy.deepcopy(RELEASED_IMAGE_PROCESSOR),
         )
 
     @classmethod

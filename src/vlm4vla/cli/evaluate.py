@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vlm4vla.cli.errors import VLM4VLAError, report, report_message
+
 PROG = "vlm4vla-eval"
 PLUGINS_ENV = "VLM4VLA_EVAL_PLUGINS"
 
@@ -76,12 +78,6 @@ def _plugin_modules(args: argparse.Namespace) -> list[str]:
     return env + list(args.plugin_module)
 
 
-def _error(message: str) -> int:
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    print(f"{PROG}: error: {first}", file=sys.stderr)
-    return 2
-
-
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -89,13 +85,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vlm4vla.evaluation.plugin import (
-        EvaluationError,
         SimulatorImportError,
         available_suites,
         import_plugin_modules,
         load_evaluator,
     )
-    from vlm4vla.policy.bundle import BundleError
 
     try:
         import_plugin_modules(_plugin_modules(args))
@@ -107,14 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}\t{source}")
             return 0
         if not args.suite or args.ckpt is None:
-            return _error("--suite and --ckpt are required (or --list-suites)")
+            return report_message(PROG, "--suite and --ckpt are required (or --list-suites)")
         return _evaluate(args, load_evaluator(args.suite))
     except SimulatorImportError as err:
-        return _error(f"suite {args.suite!r}: simulator unavailable: {err}")
-    except (EvaluationError, BundleError, ValueError) as err:
-        if os.environ.get("VLM4VLA_DEBUG"):
-            raise
-        return _error(str(err))
+        return report_message(PROG, f"suite {args.suite!r}: simulator unavailable: {err}")
+    except VLM4VLAError as err:
+        return report(PROG, err)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished episodes are saved, re-run the same command to resume", file=sys.stderr)
         return 130

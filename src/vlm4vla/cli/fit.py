@@ -23,8 +23,9 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from vlm4vla.mapping import deep_merge
 from vlm4vla.training.module import VLAModule
-from vlm4vla.training.recipes import RecipeError, deep_merge, key_source, load_recipe, validate_recipe
+from vlm4vla.training.recipes import RecipeError, key_source, load_recipe, validate_recipe
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -38,6 +39,11 @@ class VLACLI(LightningCLI):
     """
 
     recipe_files: list[str] = []  # the --config files as given (for error messages)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # The chunk and image sizes are given once, on the model; the datamodule's follow them.
+        parser.link_arguments("model.chunk_size", "data.init_args.chunk_size")
+        parser.link_arguments("model.image_size", "data.init_args.image_size")
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -146,7 +152,12 @@ def _recipe_data_class(recipes: list[str]) -> type | None:
         return None
 
 
-_CHECKED_OVERRIDES = {"--model.backbone": ("model", "backbone"), "--data.class_path": ("data", "class_path")}
+_CHECKED_OVERRIDES = {
+    "--model.backbone": ("model", "backbone"),
+    "--data.class_path": ("data", "class_path"),
+    "--data.init_args.chunk_size": ("data", "init_args", "chunk_size"),
+    "--data.init_args.image_size": ("data", "init_args", "image_size"),
+}
 
 
 def _overrides(argv: list[str]) -> dict:
@@ -157,8 +168,11 @@ def _overrides(argv: list[str]) -> dict:
         if key in _CHECKED_OVERRIDES:
             if not sep:
                 value = argv[i + 1] if i + 1 < len(argv) else ""
-            section, name = _CHECKED_OVERRIDES[key]
-            found.setdefault(section, {})[name] = value
+            *sections, name = _CHECKED_OVERRIDES[key]
+            node = found
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = value
     return found
 
 

@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from vlm4vla.cli import export, params
+from vlm4vla.cli.errors import VLM4VLAError, report
 
 # name → (module with add_arguments(parser) and run(args) -> int, one-line help)
 SUBCOMMANDS = {
@@ -41,26 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(command: str, err: BaseException) -> int:
-    if os.environ.get("VLM4VLA_DEBUG"):
-        raise err
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"vlm4vla {command}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_HELP:
         from vlm4vla.cli import fit
-        from vlm4vla.data.formats.base import DatasetFormatError
-        from vlm4vla.policy.bundle import BundleError
-        from vlm4vla.training.export import CheckpointWriteError
 
         try:
             return fit.run(argv)
-        except (ValueError, FileNotFoundError, DatasetFormatError, BundleError, CheckpointWriteError) as err:
-            return _fail(argv[0], err)
+        except VLM4VLAError as err:
+            return report(f"vlm4vla {argv[0]}", err)
     if argv and argv[0] == "stats":
         from vlm4vla.data import stats
 
@@ -70,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module, _ = SUBCOMMANDS[args.command]
     try:
         return module.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        return _fail(args.command, err)
+    except VLM4VLAError as err:
+        return report(f"vlm4vla {args.command}", err)
 
 
 if __name__ == "__main__":

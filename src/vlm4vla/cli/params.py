@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vlm4vla.backbones.presets import get_preset, list_presets
-from vlm4vla.policy import LoraSettings, VLAPolicy
+from vlm4vla.errors import ConfigError
+from vlm4vla.policy.config import LoraSettings, VLAConfig
+from vlm4vla.policy.policy import VLAPolicy
 
 if TYPE_CHECKING:
     from vlm4vla.training.memory import MemoryEstimate
@@ -73,15 +75,22 @@ def count_preset(
     lora_rank: int = 0,
 ) -> dict[str, int | str]:
     """Parameter counts of a preset's policy built on the meta device."""
-    preset = get_preset(name)
-    policy = VLAPolicy(preset.build("meta"), chunk_size=chunk_size)
-    policy.configure_training(
+    get_preset(name)
+    config = VLAConfig(
+        backbone=name,
+        chunk_size=chunk_size,
         freeze_vision_encoder=freeze_vision,
         freeze_word_embeddings=freeze_embeddings,
         freeze_llm=freeze_llm,
-        lora=LoraSettings(rank=lora_rank, alpha=2 * lora_rank) if lora_rank else None,
+        lora=LoraSettings.for_rank(lora_rank),
     )
-    return {"preset": name, "hidden_size": policy.backbone.hidden_size, **policy.parameter_counts()}
+    return {"preset": name, **count_parameters(config)}
+
+
+def count_parameters(config: VLAConfig) -> dict[str, int]:
+    """Hidden size and parameter counts of the policy ``config`` describes, built on meta."""
+    policy = VLAPolicy.from_config(config.replace(weights="meta"))
+    return {"hidden_size": policy.backbone.hidden_size, **policy.parameter_counts()}
 
 
 def _format_millions(n: int) -> str:
@@ -100,7 +109,7 @@ def _run_counts(args: argparse.Namespace) -> int:
     for name in names:
         get_preset(name)  # fail on an unknown name before building anything
     if args.chunk < 1:
-        raise ValueError(f"--chunk: expected a positive integer, got {args.chunk}")
+        raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     rows = [
         count_preset(
             name,
@@ -183,9 +192,9 @@ def _run_memory(args: argparse.Namespace) -> int:
     from vlm4vla.training.recipes import load_recipe
 
     if args.json and args.markdown:
-        raise ValueError("--json and --markdown: choose one output format")
+        raise ConfigError("--json and --markdown: choose one output format")
     if args.gpus is not None and args.gpus < 1:
-        raise ValueError(f"--gpus: expected a positive integer, got {args.gpus}")
+        raise ConfigError(f"--gpus: expected a positive integer, got {args.gpus}")
     # Read every recipe first, so a bad path fails before any model is built.
     recipes = [(recipe_label(path), load_recipe(path)) for path in _recipe_paths(args.recipe)]
     estimates = [
@@ -212,14 +221,14 @@ def _run_memory(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.memory and args.recipe is None:
-        raise ValueError("--memory: estimates are per recipe; pass --recipe PATH (or --recipe all)")
+        raise ConfigError("--memory: estimates are per recipe; pass --recipe PATH (or --recipe all)")
     if args.recipe is not None and not args.memory:
-        raise ValueError("--recipe: only used with --memory")
+        raise ConfigError("--recipe: only used with --memory")
     if args.markdown and not args.memory:
-        raise ValueError("--markdown: only used with --memory")
+        raise ConfigError("--markdown: only used with --memory")
     if args.memory:
         for name, default in COUNT_OPTIONS.items():
             if getattr(args, name) != default:
                 option = "--" + name.replace("_", "-")
-                raise ValueError(f"{option}: not used with --memory (the recipe sets the model and its switches)")
+                raise ConfigError(f"{option}: not used with --memory (the recipe sets the model and its switches)")
     return _run_memory(args) if args.memory else _run_counts(args)

@@ -1,4 +1,4 @@
-"""Datasets, datamodules, action normalisation and collation.
+"""Datasets, datamodules and collation (the action space lives in `vlm4vla.policy.action_space`).
 
 Datamodules (LightningDataModules): :class:`CalvinDataModule`, :class:`LiberoDataModule`,
 :class:`BridgeDataModule`. Attributes are imported lazily so ``import vlm4vla.data`` stays cheap.
@@ -12,17 +12,10 @@ from typing import Any
 _EXPORTS = {
     "CalvinDataModule": "vlm4vla.data.calvin",
     "LiberoDataModule": "vlm4vla.data.libero",
-    "libero_image_to_upright": "vlm4vla.data.libero",
     "BridgeDataModule": "vlm4vla.data.bridge",
     "VLADataModule": "vlm4vla.data.datamodule",
     "EpisodeDataModule": "vlm4vla.data.datamodule",
     "VLACollator": "vlm4vla.data.collate",
-    "ActionNormalizer": "vlm4vla.data.normalization",
-    "GripperConvention": "vlm4vla.data.normalization",
-    "QuantileNormalizer": "vlm4vla.data.normalization",
-    "RangeNormalizer": "vlm4vla.data.normalization",
-    "calvin_normalizer": "vlm4vla.data.normalization",
-    "normalizer_from_dict": "vlm4vla.data.normalization",
     "compute_stats": "vlm4vla.data.stats",
     "DatasetFormatError": "vlm4vla.data.formats.base",
     "EpisodeReader": "vlm4vla.data.formats.base",

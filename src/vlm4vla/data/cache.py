@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.data.formats.base import DatasetFormatError
+from vlm4vla.files import write_atomic
 
 STATS_FILENAME = "vlm4vla_stats.json"
 CACHE_DIRNAME = "vlm4vla_cache"
@@ -127,19 +128,6 @@ def dataset_files(root: Path, *, skip_dirs: Iterable[str] = ()) -> list[Path]:
     return out
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # -- statistics JSON ---------------------------------------------------------------------------
 def load_stats_entry(
     root: str | Path, key: str, cache_dir: str | Path | None = None
@@ -171,7 +159,7 @@ def save_stats_entry(
             data = {"version": 1, "entries": {}}
     data["entries"][key] = entry
     payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(path, lambda fh: fh.write(payload), ".json")
+    write_atomic(path, payload, suffix=".json")
     return path
 
 
@@ -196,7 +184,7 @@ def save_arrays(
     root: str | Path, name: str, arrays: dict[str, np.ndarray], cache_dir: str | Path | None = None
 ) -> Path:
     path = writable_location(root, cache_dir) / CACHE_DIRNAME / f"{name}.npz"
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays), ".npz")
+    write_atomic(path, lambda fh: np.savez(fh, **arrays), suffix=".npz")
     return path
 
 

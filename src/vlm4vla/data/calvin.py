@@ -1,17 +1,25 @@
 """CALVIN ABC→D datamodule, reading the original ``task_ABC_D`` npz frames directly.
 
-A sample is one frame ``t`` inside an annotated language window ``[start, end]`` (end
+A sample is one frame ``t`` of an annotated language window ``[start, end]`` (end
 inclusive) of ``lang_annotations/auto_lang_ann.npy``:
 
 - ``image``: ``rgb_static`` of frame ``t`` (200×200 RGB, upright as stored);
 - ``instruction``: the window's annotation;
 - ``actions``: ``rel_actions`` of frames ``t … t+N-1``, arm dims clipped to ±0.65 and scaled
-  to [-1, 1]; gripper -1/+1 → 0/1 (+1, which is *open* in CALVIN, → 1). Steps past ``end``
-  repeat the action at ``end`` and are masked out in ``action_mask``;
+  to [-1, 1]; gripper -1/+1 → 0/1 (+1, which is *open* in CALVIN, → 1). Steps past the last
+  usable frame repeat its action and are masked out in ``action_mask``;
 - ``episode_index``: the language window's index; ``frame_index``: the global frame id.
 
-Splits are the dataset's own ``training`` and ``validation`` folders. Training images get a
-seeded random shift (pad 10), validation none.
+Window end (``window_end``): ``"exclusive"`` (default, as released) samples ``t ∈ [start, end-1]``
+and masks the action at ``end`` — what the released RoboVLMs-based ``DiskCalvinDataset`` does
+(``_build_file_indices_lang`` stops at ``end + 1 - window_size`` and its right-pad offset masks
+frame ``end``, in ``vlm4vla/data/calvin_dataset.py``); ``"inclusive"`` samples ``t ∈ [start, end]``
+with the action at ``end`` valid.
+
+Splits are the dataset's own ``training`` and ``validation`` folders. Training images are resized to
+224² (bicubic) and get a seeded random shift (pad 10), as released
+(:func:`~vlm4vla.data.transforms.calvin_image_transform`); validation images are as stored (the
+backbone resizes them, bicubic).
 
 Throughput: the first setup reads the ``rel_actions`` of every annotated frame once and caches
 them (``vlm4vla_cache/`` next to the split, or the user cache dir if read-only). After that a
@@ -28,11 +36,12 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.data import cache
-from vlm4vla.data.datamodule import ChunkDataset, VLADataModule, prepare_actions
+from vlm4vla.data.datamodule import VLADataModule
+from vlm4vla.data.dataset import ChunkDataset, prepare_actions
 from vlm4vla.data.formats.base import DatasetFormatError
 from vlm4vla.data.formats.npz_calvin import EP_START_END_PATH, LANG_ANN_PATH, CalvinReader
-from vlm4vla.data.normalization import CALVIN_ACTION_BOUND, ActionNormalizer, calvin_normalizer
-from vlm4vla.data.transforms import RandomShift
+from vlm4vla.data.transforms import calvin_image_transform
+from vlm4vla.policy.action_space import CALVIN_ACTION_BOUND, ActionNormalizer, calvin_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,9 @@ def load_window_actions(
     return arrays
 
 
+WINDOW_ENDS = ("exclusive", "inclusive")
+
+
 class CalvinDataModule(VLADataModule):
     """CALVIN (``task_ABC_D`` or any CALVIN-layout root with training/validation folders).
 
@@ -88,6 +100,8 @@ class CalvinDataModule(VLADataModule):
         image_key: npz camera key used as the single image (``rgb_static``).
         shift_pad: random-shift padding in pixels for training augmentation.
         action_bound: relative actions are clipped to ±bound and divided by it.
+        window_end: ``"exclusive"`` (default, released: frames ``start … end-1``, the action at
+            ``end`` masked) or ``"inclusive"`` (frames ``start … end``); see the module docstring.
         val_split: ``None`` to train without validation.
         Other keyword arguments: see :class:`~vlm4vla.data.datamodule.VLADataModule`.
     """
@@ -102,9 +116,13 @@ class CalvinDataModule(VLADataModule):
         image_key: str = "rgb_static",
         shift_pad: int = 10,
         action_bound: float = CALVIN_ACTION_BOUND,
+        window_end: str = "exclusive",
         **kwargs: Any,
     ) -> None:
+        if window_end not in WINDOW_ENDS:
+            raise ValueError(f"CalvinDataModule: window_end must be one of {WINDOW_ENDS}, got {window_end!r}")
         super().__init__(chunk_size=chunk_size, **kwargs)
+        self.window_end = window_end
         self.root = Path(root)
         self.train_split = train_split
         self.val_split = val_split
@@ -131,6 +149,9 @@ class CalvinDataModule(VLADataModule):
     def _compute_normalizer(self) -> ActionNormalizer:
         return calvin_normalizer(self.action_bound)
 
+    def data_options(self) -> dict[str, Any]:
+        return {"window_end": self.window_end}
+
     def prepare_data(self) -> None:
         """Read and cache the annotated frames' actions of both splits (once per node)."""
         for split in self._splits(None):
@@ -148,14 +169,17 @@ class CalvinDataModule(VLADataModule):
             frames, raw = arrays["frames"], arrays["rel_actions"]
             starts, ends = reader.windows[:, 0], reader.windows[:, 1]
             offsets = np.searchsorted(frames, starts)
-            lengths = ends - starts + 1
+            # exclusive: the frame at ``end`` is neither sampled nor a valid chunk step
+            lengths = ends - starts + (1 if self.window_end == "inclusive" else 0)
             keep = []
             for w in range(len(reader.windows)):
+                if lengths[w] <= 0:  # a one-frame window has no usable frame when exclusive
+                    continue
                 window = raw[offsets[w] : offsets[w] + lengths[w]]
                 first_bad = reader.frame_path(int(starts[w]) + int(np.argmin(np.isfinite(window).all(1))))
                 if self._check_nan(window, str(first_bad), "rel_actions"):
                     keep.append(w)
-            skipped = len(reader.windows) - len(keep)
+            skipped = int(np.sum(lengths > 0)) - len(keep)
             if skipped:
                 log.warning(
                     "CALVIN: skipped %d language window(s) with NaN/inf rel_actions in %s",
@@ -173,7 +197,7 @@ class CalvinDataModule(VLADataModule):
                 actions=prepare_actions(raw, normalizer),
                 instructions=[reader.instructions[w] for w in keep_arr],
                 chunk_size=self.chunk_size,
-                transform=RandomShift(self.shift_pad)
+                transform=calvin_image_transform(augment=True, size=self.image_size, pad=self.shift_pad)
                 if (split == "train" and self.image_augmentation)
                 else None,
                 seed=self.seed,

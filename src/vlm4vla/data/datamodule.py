@@ -1,16 +1,11 @@
-"""Shared machinery of the VLA datamodules: chunk datasets, the epoch-aware sampler, the base
-LightningDataModule and the episode-format datamodule used by LIBERO and Bridge.
+"""The VLA LightningDataModules: :class:`VLADataModule` (options, dataloaders, checkpointed
+normaliser) and :class:`EpisodeDataModule`, the datamodule over an episode format used by
+LIBERO and Bridge.
 
-Sampling and determinism
-------------------------
-Datasets are map-style. A training sample is fetched with the key ``(index, epoch)``; its
-augmentation is drawn from ``sample_rng(seed, epoch, index)``, so a batch depends only on the
-seed, the epoch and the sampler order — never on the number of workers. The training
-DataLoader uses :class:`EpochDistributedSampler`, a :class:`~torch.utils.data.DistributedSampler`
-(replicas/rank taken from the Lightning strategy, 1/0 without one) that yields those keys;
-Lightning recognises it as distributed and leaves it in place, and calls its ``set_epoch``
-every epoch. Validation uses plain integer indices (no augmentation) and a sequential
-sampler, which Lightning replaces by a non-shuffling ``DistributedSampler`` under DDP/FSDP.
+The training DataLoader is a :class:`~vlm4vla.data.loader.ResumableDataLoader` over an
+:class:`~vlm4vla.data.loader.EpochDistributedSampler`. Validation uses plain integer indices (no
+augmentation) and a sequential sampler, which Lightning replaces by a non-shuffling
+``DistributedSampler`` under DDP/FSDP.
 
 NaN actions
 -----------
@@ -18,208 +13,52 @@ With ``nan_policy="skip"`` (default) an episode (LIBERO/Bridge) or language wind
 containing a non-finite action is dropped and a warning logs how many were dropped and where
 the first ones are. ``nan_policy="error"`` raises a :class:`DatasetFormatError` naming the
 file and field instead.
+
+Options that change what is trained on
+--------------------------------------
+Every such option is an ``__init__`` argument (so it is in the LightningCLI config saved with a
+run) and is also written into each checkpoint's datamodule state (``data_options``, next to the
+normaliser); a resumed run whose options differ from the checkpoint's is warned about. Cached
+indexes and statistics are keyed on the options that change them (the episode transform and
+state key); the normaliser's second stage (``action_clip``) travels inside the normaliser.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from vlm4vla.data import cache
 from vlm4vla.data.collate import InputsFn, VLACollator
-from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader, check_actions, describe_episode
-from vlm4vla.data.formats.detect import (
-    EPISODE_FORMATS,
-    detect_format,
-    open_episode_reader,
-    resolve_rlds_root,
-    rlds_has_split,
-)
-from vlm4vla.data.normalization import (
+from vlm4vla.data.dataset import ChunkDataset, EpisodeDataset, prepare_actions
+from vlm4vla.data.episode_transforms import EpisodeTransform
+from vlm4vla.data.episodes import HOLDOUTS, EpisodeIndex, build_episode_index, holdout_split
+from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader, close_reader
+from vlm4vla.data.formats.detect import detect_format, open_episode_reader
+from vlm4vla.data.formats.registry import EpisodeFormat, episode_formats, get_format
+from vlm4vla.data.loader import EpochDistributedSampler, ResumableDataLoader
+from vlm4vla.data.transforms import ImageTransform
+from vlm4vla.errors import ConfigError
+from vlm4vla.policy.action_space import (
+    RELEASED_ACTION_CLIP,
     ActionNormalizer,
     GripperConvention,
     QuantileNormalizer,
+    check_action_clip,
     normalizer_from_dict,
 )
-from vlm4vla.data.transforms import ImageTransform, rotate_180, sample_rng
 
 log = logging.getLogger(__name__)
 
 NAN_POLICIES = ("skip", "error")
-SampleKey = int | tuple[int, int]
-
-
-def unpack_key(key: SampleKey) -> tuple[int, int]:
-    """``index`` or ``(index, epoch)`` → ``(index, epoch)``."""
-    if isinstance(key, (tuple, list)):
-        index, epoch = key
-        return int(index), int(epoch)
-    return int(key), 0
-
-
-def chunk_rows(first_row: int, remaining: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the next ``chunk_size`` actions when ``remaining`` (>= 1) are left in the
-    window/episode; past the end the last row repeats and the mask is False."""
-    steps = np.arange(chunk_size)
-    mask = steps < remaining
-    return first_row + np.minimum(steps, remaining - 1), mask
-
-
-def prepare_actions(raw: np.ndarray, normalizer: ActionNormalizer) -> np.ndarray:
-    """Raw (T, 7) → normalised arm dims + gripper target in {0, 1}, float32."""
-    out = normalizer.normalize(raw.astype(np.float32, copy=False))
-    out[:, 6] = normalizer.gripper.to_target(raw[:, 6])
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-class ChunkDataset(Dataset, abc.ABC):
-    """Frames of contiguous segments (episodes or language windows), each with its action chunk.
-
-    ``actions`` holds the prepared (normalised) actions of all segments back to back;
-    ``row_offsets[s]`` is where segment ``s`` starts and ``lengths[s]`` its number of frames.
-    Subclasses load the image of (segment, step).
-    """
-
-    def __init__(
-        self,
-        *,
-        lengths: np.ndarray,
-        row_offsets: np.ndarray,
-        actions: np.ndarray,
-        instructions: Sequence[str],
-        chunk_size: int,
-        transform: ImageTransform | None = None,
-        seed: int = 0,
-    ) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.row_offsets = np.asarray(row_offsets, dtype=np.int64)
-        self.actions = actions
-        self.instructions = list(instructions)
-        self.chunk_size = int(chunk_size)
-        self.transform = transform
-        self.seed = int(seed)
-        self._starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def locate(self, index: int) -> tuple[int, int]:
-        """Sample index → (segment, step inside the segment)."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} out of range [0, {len(self)})")
-        segment = int(np.searchsorted(self._starts, index, side="right") - 1)
-        return segment, index - int(self._starts[segment])
-
-    @abc.abstractmethod
-    def load_image(self, segment: int, step: int) -> np.ndarray:
-        """The image of a segment's step, upright, uint8 (H, W, 3)."""
-
-    @abc.abstractmethod
-    def metadata(self, segment: int, step: int) -> dict[str, int]:
-        """Light per-sample metadata (episode and frame indices)."""
-
-    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
-        index, epoch = unpack_key(key)
-        segment, step = self.locate(index)
-        rows, mask = chunk_rows(
-            int(self.row_offsets[segment]) + step, int(self.lengths[segment]) - step, self.chunk_size
-        )
-        image = self.load_image(segment, step)
-        if self.transform is not None:
-            image = self.transform(image, sample_rng(self.seed, epoch, index))
-        return {
-            "image": image,
-            "instruction": self.instructions[segment],
-            "actions": torch.from_numpy(self.actions[rows]),
-            "action_mask": torch.from_numpy(mask),
-            **self.metadata(segment, step),
-        }
-
-
-class EpisodeDataset(ChunkDataset):
-    """Every frame of a set of episodes of an :class:`EpisodeReader`."""
-
-    def __init__(self, reader: EpisodeReader, episodes: np.ndarray, *, rotate: bool = False, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.reader = reader
-        self.episodes = np.asarray(episodes, dtype=np.int64)
-        self.rotate = bool(rotate)
-
-    def load_image(self, segment: int, step: int) -> np.ndarray:
-        episode = int(self.episodes[segment])
-        image = np.asarray(self.reader.frame(episode, step))
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise DatasetFormatError(
-                f"{describe_episode(self.reader, episode)}: image at step {step} is {image.dtype} "
-                f"{image.shape}, expected uint8 (H, W, 3)"
-            )
-        return rotate_180(image) if self.rotate else image
-
-    def metadata(self, segment: int, step: int) -> dict[str, int]:
-        return {"episode_index": int(self.episodes[segment]), "frame_index": int(step)}
-
-
-class EpochDistributedSampler(DistributedSampler):
-    """A :class:`DistributedSampler` that yields ``(index, epoch)`` keys.
-
-    Same shuffling, padding and per-rank split as its parent (so Lightning keeps it under
-    DDP/FSDP); the epoch travels with each index, which seeds that sample's augmentation
-    in whichever worker fetches it.
-    """
-
-    _resume: tuple[int, int] | None = None
-
-    def resume_from(self, epoch: int, samples_done: int) -> None:
-        """Skip the first ``samples_done`` samples of this rank the next time ``epoch`` is iterated."""
-        self._resume = (int(epoch), int(samples_done))
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = int(self.epoch)
-        skip = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            skip, self._resume = self._resume[1], None
-        for position, index in enumerate(super().__iter__()):
-            if position >= skip:
-                yield (int(index), epoch)
-
-
-class ResumableDataLoader(DataLoader):
-    """A training DataLoader Lightning resumes mid-epoch (its ``state_dict`` interface).
-
-    Lightning prefetches a batch ahead, so the loader's own count would be off by one: the
-    number of batches consumed comes from the trainer's batch progress at save time. On
-    restore, the sampler skips those samples of the same epoch, so an interrupted run sees
-    exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, *args: Any, batches_done: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._batches_done = batches_done
-
-    def state_dict(self) -> dict[str, int]:
-        done = int(self._batches_done()) if self._batches_done is not None else 0
-        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches_done": done}
-
-    def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
-        if not isinstance(self.sampler, EpochDistributedSampler):
-            return
-        epoch, skip = int(state_dict["epoch"]), int(state_dict["batches_done"]) * int(self.batch_size)
-        if skip >= len(self.sampler):  # saved on an epoch's last batch: the next epoch starts afresh
-            epoch, skip = epoch + 1, 0
-        self.sampler.resume_from(epoch, skip)
-        # With worker processes, Lightning creates the iterator (which draws the first index
-        # batches at once) before it sets the epoch of the resumed run: set it now.
-        self.sampler.set_epoch(epoch)
 
 
 class VLADataModule(pl.LightningDataModule, abc.ABC):
@@ -238,6 +77,7 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
         cache_dir: str | Path | None = None,
         val_batch_size: int | None = None,
         pin_memory: bool = False,
+        image_size: int = 224,
     ) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
@@ -256,6 +96,7 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
         self.nan_policy = nan_policy
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.pin_memory = bool(pin_memory)
+        self.image_size = int(image_size)  # side the training augmentation resizes to first (released: 224)
         self._normalizer: ActionNormalizer | None = None
         self._datasets: dict[str, ChunkDataset] = {}
 
@@ -278,6 +119,12 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
 
     def set_inputs_fn(self, inputs_fn: InputsFn | None) -> None:
         """Set the backbone's input function used by the collator of dataloaders built later."""
+        model_size = getattr(inputs_fn, "image_size", None)
+        if self.image_augmentation and model_size is not None and int(model_size) != self.image_size:
+            raise ConfigError(
+                f"image_size: the model takes {model_size}² images but the datamodule's augmentation "
+                f"resizes to {self.image_size}²; set data.init_args.image_size: {model_size}"
+            )
         self.inputs_fn = inputs_fn
 
     @property
@@ -349,12 +196,25 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
         return DataLoader(dataset, batch_size=self.val_batch_size, shuffle=False, **self._loader_kwargs())
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def data_options(self) -> dict[str, Any]:
+        """The options that change the training data (JSON values), recorded in checkpoints."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
-        """Saved by Lightning into every checkpoint: the normaliser, for evaluation to invert."""
-        return {"normalizer": self.normalizer.to_dict()}
+        """Saved by Lightning into every checkpoint: the normaliser, for evaluation to invert, and
+        the data options it was trained with."""
+        return {"normalizer": self.normalizer.to_dict(), "data_options": self.data_options()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Adopt the checkpoint's normaliser (re-normalising built datasets if it differs)."""
+        saved_options = state_dict.get("data_options")
+        if saved_options is not None and dict(saved_options) != self.data_options():
+            log.warning(
+                "%s: the checkpoint was trained with data options %s, this run uses %s",
+                type(self).__name__,
+                dict(saved_options),
+                self.data_options(),
+            )
         if "normalizer" not in state_dict:
             return
         restored = normalizer_from_dict(state_dict["normalizer"])
@@ -382,11 +242,28 @@ class EpisodeDataModule(VLADataModule):
     """Datamodule over an :class:`EpisodeReader` format (LIBERO, Bridge).
 
     Subclasses set the dataset name, allowed formats, gripper convention, default image keys,
-    image orientation and augmentation.
+    image orientation and augmentation. What differs between formats (where the data files
+    are, whether the dataset has its own val split) comes from the format's
+    :class:`~vlm4vla.data.formats.registry.EpisodeFormat`.
+
+    Args:
+        root, format, image_key, action_key, instruction_key: where and what to read (see the
+            subclasses).
+        state_key: observation state read by transforms that relabel from states (``None``: the
+            reader's default).
+        val_fraction: share of the episodes held out when the dataset has no ``val`` split of its
+            own (0: train on every episode, no validation).
+        split_seed: seed of the ``"random"`` holdout.
+        holdout: ``"random"`` (default) or ``"last"``: the last ``val_fraction`` of the episodes in
+            reader order, as the released code's TFDS slicing ``train[:95%]`` / ``train[95%:]``.
+        action_clip: the released second normalisation stage, clip ±bound and divide by it after
+            q01/q99 (default 0.65; ``None``: q01/q99 only). Stored in the normaliser.
+        chunk_size and the rest: see :class:`VLADataModule`.
     """
 
     dataset_name: str = ""
-    formats: tuple[str, ...] = EPISODE_FORMATS
+    #: Formats this dataset may be read from; None: every registered episode format.
+    formats: tuple[str, ...] | None = None
     gripper: GripperConvention = GripperConvention("signed")
 
     def __init__(
@@ -397,29 +274,38 @@ class EpisodeDataModule(VLADataModule):
         image_key: str | None = None,
         action_key: str | None = None,
         instruction_key: str | None = None,
+        state_key: str | None = None,
         val_fraction: float = 0.05,
         split_seed: int = 0,
+        holdout: str = "random",
         chunk_size: int = 4,
+        action_clip: float | None = RELEASED_ACTION_CLIP,
         **kwargs: Any,
     ) -> None:
         super().__init__(chunk_size=chunk_size, **kwargs)
-        if format is not None and format not in self.formats:
-            raise ValueError(f"{type(self).__name__}: format must be one of {self.formats}, got {format!r}")
+        if format is not None and format not in self.allowed_formats():
+            raise ValueError(f"{type(self).__name__}: format must be one of {self.allowed_formats()}, got {format!r}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if holdout not in HOLDOUTS:
+            raise ValueError(f"{type(self).__name__}: holdout must be one of {HOLDOUTS}, got {holdout!r}")
         self.root = Path(root)
         self.format = format
         self.image_key = image_key
         self.action_key = action_key
         self.instruction_key = instruction_key
+        self.state_key = state_key
+        self.action_clip = check_action_clip(action_clip)
         self._empty_episodes: dict[str, list[str]] = {}  # split → sources of episodes without frames
+        self._unlabeled_episodes: dict[str, list[str]] = {}  # split → sources skipped for no instruction
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
-        self._index: dict[str, dict[str, np.ndarray]] = {}
+        self.holdout = holdout
+        self._index: dict[str, EpisodeIndex] = {}
         self._readers: dict[str, EpisodeReader] = {}
         self._splits: dict[str, tuple[str, np.ndarray]] | None = None
         self._fingerprint_value: str | None = None
-        self._rlds_val: bool | None = None
+        self._disk_val: bool | None = None
 
     # -- per-dataset hooks ----------------------------------------------------------------------
     def default_image_key(self, fmt: str) -> str | None:
@@ -433,20 +319,42 @@ class EpisodeDataModule(VLADataModule):
     def train_transform(self) -> ImageTransform | None:
         return None
 
+    def episode_transform(self) -> EpisodeTransform | None:
+        """The action transform applied to every episode when the index is built (None: raw)."""
+        return None
+
+    def data_options(self) -> dict[str, Any]:
+        transform = self.episode_transform()
+        return {
+            "episode_transform": transform.name if transform is not None else None,
+            "state_key": self.state_key,
+            "action_clip": self.action_clip,
+            "val_fraction": self.val_fraction,
+            "holdout": self.holdout,
+        }
+
     # -- format and splits ----------------------------------------------------------------------
+    def allowed_formats(self) -> tuple[str, ...]:
+        return self.formats if self.formats is not None else episode_formats()
+
     @property
     def resolved_format(self) -> str:
         if self.format is None:
-            self.format = detect_format(self.root, self.formats)
+            self.format = detect_format(self.root, self.allowed_formats())
         return self.format
 
-    def _uses_rlds_val(self) -> bool:
-        if self._rlds_val is None:
-            self._rlds_val = self.resolved_format == "rlds" and rlds_has_split(self.root, "val")
-        return self._rlds_val
+    @property
+    def _format_spec(self) -> EpisodeFormat:
+        return get_format(self.resolved_format)
+
+    def _has_disk_val(self) -> bool:
+        """Whether the dataset ships its own ``val`` split (RLDS), used instead of a holdout."""
+        if self._disk_val is None:
+            self._disk_val = self._format_spec.has_split(self.root, "val")
+        return self._disk_val
 
     def _reader(self, split: str) -> EpisodeReader:
-        """The reader of an on-disk split (``"train"``, or ``"val"`` for RLDS with a val split)."""
+        """The reader of an on-disk split (``"train"``, or ``"val"`` when the dataset has one)."""
         if split not in self._readers:
             fmt = self.resolved_format
             key = self.image_key or self.default_image_key(fmt)
@@ -461,28 +369,39 @@ class EpisodeDataModule(VLADataModule):
         return self._readers[split]
 
     def _split_name(self) -> str:
-        if self._uses_rlds_val():
-            return "rlds-train-val"
+        if self._has_disk_val():
+            return f"{self.resolved_format}-train-val"
+        if self.holdout == "last":
+            return f"episodes-val{self.val_fraction:g}-last"
         return f"episodes-val{self.val_fraction:g}-seed{self.split_seed}"
 
     def _fingerprint(self) -> str:
         if self._fingerprint_value is None:
-            root = resolve_rlds_root(self.root) if self.resolved_format == "rlds" else self.root
+            root = self._format_spec.data_root(self.root)
+            # LeRobot's media directories are not hashed: the index holds no pixels.
             files = cache.dataset_files(root, skip_dirs=("videos", "images"))
-            # The keys choose what is indexed (RLDS camera skips depend on the image key), and
-            # "index-2" retires indexes that skipped Bridge episodes on has_image_0 alone.
-            keys = f"index-2|{self.image_key}|{self.action_key}|{self.instruction_key}"
+            # The keys choose what is indexed (RLDS camera skips depend on the image key; the
+            # episode transform and its states change the actions and steps). "index-3" retires
+            # indexes without per-row steps (and "index-2" those that skipped Bridge episodes on
+            # has_image_0 alone).
+            transform = self.episode_transform()
+            keys = (
+                f"index-3|{self.image_key}|{self.action_key}|{self.instruction_key}"
+                f"|{transform.name if transform is not None else 'raw'}|{self.state_key}"
+            )
             self._fingerprint_value = cache.fingerprint(files, root if root.is_dir() else root.parent, extra=keys)
         return self._fingerprint_value
 
-    def _load_index(self, split: str) -> dict[str, np.ndarray]:
+    def _load_index(self, split: str) -> EpisodeIndex:
         """Lengths, raw actions and instructions of every episode of an on-disk split (cached)."""
         if split in self._index:
             return self._index[split]
         fmt = self.resolved_format
         name = f"{self.dataset_name}-{fmt}-{split}-{self._fingerprint()}"
         arrays = cache.load_arrays(self.root, name, self.cache_dir)
-        if arrays is None:
+        if arrays is not None:
+            index = EpisodeIndex.from_arrays(arrays)
+        else:
             reader = self._reader(split)
             log.info(
                 "%s: indexing %d episodes of %s (%s, %s split)",
@@ -492,17 +411,21 @@ class EpisodeDataModule(VLADataModule):
                 fmt,
                 split,
             )
-            arrays = build_episode_index(reader)
-            close = getattr(reader, "close", None)
-            if callable(close):
-                close()
+            index = build_episode_index(reader, self.episode_transform(), state_key=self.state_key)
+            close_reader(reader)
             try:
-                path = cache.save_arrays(self.root, name, arrays, self.cache_dir)
+                path = cache.save_arrays(self.root, name, index.to_arrays(), self.cache_dir)
                 log.info("%s: action index cached at %s", self.dataset_name, path)
             except OSError as err:
                 log.warning("%s: could not cache the action index (%s)", self.dataset_name, err)
-        self._index[split] = arrays
-        return arrays
+        self._index[split] = index
+        return index
+
+    def episode_index(self, split: str = "train") -> EpisodeIndex:
+        """The episode index of an on-disk split (``"train"``, or ``"val"`` when the dataset has one):
+        every episode's actions *before* normalisation (after the episode transform, e.g.
+        ``bridge_orig``) and the reader step of each row. Built or loaded from the cache."""
+        return self._load_index(split)
 
     def _episode_split(self) -> dict[str, tuple[str, np.ndarray]]:
         """split → (on-disk split, episode ids); NaN episodes filtered per ``nan_policy``."""
@@ -511,34 +434,37 @@ class EpisodeDataModule(VLADataModule):
         return self._splits
 
     def _compute_episode_split(self) -> dict[str, tuple[str, np.ndarray]]:
-        if self._uses_rlds_val():
+        if self._has_disk_val():
             out = {
-                "train": ("train", np.arange(len(self._load_index("train")["lengths"]))),
-                "val": ("val", np.arange(len(self._load_index("val")["lengths"]))),
+                "train": ("train", np.arange(len(self._load_index("train")))),
+                "val": ("val", np.arange(len(self._load_index("val")))),
             }
         else:
-            count = len(self._load_index("train")["lengths"])
-            order = np.random.default_rng(self.split_seed).permutation(count)
-            n_val = round(count * self.val_fraction)
-            if self.val_fraction > 0 and count > 1:
-                n_val = min(max(n_val, 1), count - 1)
-            out = {"train": ("train", np.sort(order[n_val:])), "val": ("train", np.sort(order[:n_val]))}
+            train, val = holdout_split(
+                len(self._load_index("train")), self.val_fraction, self.split_seed, self.holdout
+            )
+            out = {"train": ("train", train), "val": ("train", val)}
         return {name: (disk, self._finite_episodes(disk, ids, name)) for name, (disk, ids) in out.items()}
 
     def _finite_episodes(self, disk_split: str, episodes: np.ndarray, name: str = "train") -> np.ndarray:
         index = self._load_index(disk_split)
-        offsets = np.concatenate([[0], np.cumsum(index["lengths"])])
         keep = []
         dropped = []
         empty = self._empty_episodes.setdefault(name, [])
         empty.clear()
+        unlabeled = self._unlabeled_episodes.setdefault(name, [])
+        unlabeled.clear()
+        transform = self.episode_transform()
+        skip_unlabeled = transform is not None and transform.skip_unlabeled
         for ep in episodes:
-            if index["lengths"][ep] == 0:  # no frames (e.g. a really blank RLDS camera): not a NaN skip
-                empty.append(str(index["sources"][ep]))
+            if skip_unlabeled and not str(index.instructions[ep]).strip():
+                unlabeled.append(str(index.sources[ep]))
                 continue
-            acts = index["actions"][offsets[ep] : offsets[ep + 1]]
-            where = str(index["sources"][ep])
-            if self._check_nan(acts, where, "actions"):
+            if index.lengths[ep] == 0:  # no frames (e.g. a really blank RLDS camera): not a NaN skip
+                empty.append(str(index.sources[ep]))
+                continue
+            where = str(index.sources[ep])
+            if self._check_nan(index.episode_actions(ep), where, "actions"):
                 keep.append(ep)
             else:
                 dropped.append(where)
@@ -558,6 +484,15 @@ class EpisodeDataModule(VLADataModule):
                 name,
                 ", ".join(empty[:3]),
             )
+        if unlabeled:
+            log.warning(
+                "%s: skipped %d episode(s) without a language instruction in the %s split (%s), e.g. %s",
+                self.dataset_name,
+                len(unlabeled),
+                name,
+                transform.name if transform is not None else "",
+                ", ".join(unlabeled[:3]),
+            )
         return np.asarray(keep, dtype=np.int64)
 
     # -- statistics ---------------------------------------------------------------------------
@@ -568,19 +503,21 @@ class EpisodeDataModule(VLADataModule):
         key = self.stats_key()
         entry = cache.load_stats_entry(self.root, key, self.cache_dir)
         if entry is not None:
-            return normalizer_from_dict(entry["normalizer"])
+            return self._with_action_clip(normalizer_from_dict(entry["normalizer"]))
         disk, episodes = self._episode_split()["train"]
         index = self._load_index(disk)
         if len(episodes) == 0:
             empty = self._empty_episodes.get("train", [])
-            if empty:
+            unlabeled = self._unlabeled_episodes.get("train", [])
+            if empty or unlabeled:
+                reasons = [f"{len(empty)} skipped for a blank primary camera or no steps"] if empty else []
+                reasons += [f"{len(unlabeled)} for no instruction"] if unlabeled else []
+                what = "usable training episodes" if unlabeled else "training episodes with frames"
                 raise DatasetFormatError(
-                    f"{self.root}: no training episodes with frames ({len(empty)} skipped for a blank primary "
-                    f"camera or no steps, e.g. {empty[0]})"
+                    f"{self.root}: no {what} ({', '.join(reasons)}, e.g. {(empty or unlabeled)[0]})"
                 )
             raise DatasetFormatError(f"{self.root}: no training episodes with finite actions")
-        offsets = np.concatenate([[0], np.cumsum(index["lengths"])])
-        raw = np.concatenate([index["actions"][offsets[e] : offsets[e + 1]] for e in episodes])
+        raw = index.take(episodes).actions
         normalizer = QuantileNormalizer.from_actions(raw, gripper=self.gripper)
         entry = {
             "dataset": self.dataset_name,
@@ -595,6 +532,12 @@ class EpisodeDataModule(VLADataModule):
             log.info("%s: action statistics cached at %s", self.dataset_name, path)
         except OSError as err:
             log.warning("%s: could not cache action statistics (%s)", self.dataset_name, err)
+        return self._with_action_clip(normalizer)
+
+    def _with_action_clip(self, normalizer: ActionNormalizer) -> ActionNormalizer:
+        # The cache holds the statistics only: the second stage is this datamodule's option.
+        if isinstance(normalizer, QuantileNormalizer):
+            return normalizer.with_action_clip(self.action_clip)
         return normalizer
 
     # -- Lightning hooks ----------------------------------------------------------------------
@@ -609,66 +552,22 @@ class EpisodeDataModule(VLADataModule):
         wanted = ["train", "val"] if stage in (None, "fit") else ["val"]
         for name in wanted:
             disk, episodes = splits[name]
-            index = self._load_index(disk)
-            offsets = np.concatenate([[0], np.cumsum(index["lengths"])])
-            lengths = index["lengths"][episodes]
-            actions = (
-                np.concatenate([index["actions"][offsets[e] : offsets[e + 1]] for e in episodes])
-                if len(episodes)
-                else np.zeros((0, 7), np.float32)
-            )
+            selected = self._load_index(disk).take(episodes)
             reader = self._reader(disk)
-            close = getattr(reader, "close", None)
-            if callable(close):
-                close()  # workers reopen their own handles
+            close_reader(reader)  # workers reopen their own handles
             self._datasets[name] = EpisodeDataset(
                 reader,
                 episodes,
                 rotate=self.rotate_images(reader),
-                lengths=lengths,
-                row_offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths,
-                actions=prepare_actions(actions, normalizer),
-                instructions=[str(index["instructions"][e]) for e in episodes],
+                frame_steps=selected.steps,
+                lengths=selected.lengths,
+                row_offsets=selected.offsets[:-1],
+                actions=prepare_actions(selected.actions, normalizer),
+                instructions=[str(text) for text in selected.instructions],
                 chunk_size=self.chunk_size,
                 transform=self.train_transform() if (name == "train" and self.image_augmentation) else None,
                 seed=self.seed,
             )
 
 
-def build_episode_index(reader: EpisodeReader) -> dict[str, np.ndarray]:
-    """One pass over a reader: lengths, raw float32 actions (concatenated), instructions and
-    a printable source of every episode. Episodes a reader reports with length 0 (e.g. RLDS
-    Bridge episodes without the primary camera) are kept in the index and never sampled."""
-    lengths, actions, instructions, sources = [], [], [], []
-    for ep in range(len(reader)):
-        where = describe_episode(reader, ep)
-        acts = check_actions(reader.actions(ep), where, "actions")
-        length = int(reader.episode_length(ep))
-        if len(acts) != length:
-            raise DatasetFormatError(
-                f"{where}: field 'actions' has {len(acts)} steps but the episode has {length} frames"
-            )
-        lengths.append(length)
-        actions.append(acts)
-        instructions.append(str(reader.instruction(ep)))
-        sources.append(where)
-    return {
-        "lengths": np.asarray(lengths, dtype=np.int64),
-        "actions": np.concatenate(actions) if actions else np.zeros((0, 7), np.float32),
-        "instructions": np.asarray(instructions, dtype=np.str_),
-        "sources": np.asarray(sources, dtype=np.str_),
-    }
-
-
-__all__ = [
-    "NAN_POLICIES",
-    "ChunkDataset",
-    "EpisodeDataModule",
-    "EpisodeDataset",
-    "EpochDistributedSampler",
-    "VLADataModule",
-    "build_episode_index",
-    "chunk_rows",
-    "prepare_actions",
-    "unpack_key",
-]
+__all__ = ["NAN_POLICIES", "EpisodeDataModule", "VLADataModule"]

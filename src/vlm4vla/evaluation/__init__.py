@@ -1,6 +1,7 @@
 """Simulator-independent evaluation: plugin contract, chunk execution, workers, store, reports.
 
-Nothing here imports a simulator; suites are plugins (``vlm4vla.evaluators`` entry points).
+Nothing here imports a simulator, Lightning or the data layer; suites are plugins
+(``vlm4vla.evaluators`` entry points), tested with `vlm4vla.evaluation.testing`.
 """
 
 from vlm4vla.evaluation.chunking import MODES, ActionQueue, parse_modes, steps_per_query

@@ -11,6 +11,8 @@ from collections import deque
 
 import numpy as np
 
+from vlm4vla.errors import ConfigError
+
 MODES: tuple[str, ...] = ("full", "half", "single")
 """Chunk modes in the order of the best-pick tie-break (fewest policy queries first)."""
 
@@ -19,24 +21,24 @@ def steps_per_query(mode: str, chunk_size: int) -> int:
     """Number of actions executed per policy query in ``mode`` for a chunk of ``chunk_size``."""
     n = int(chunk_size)
     if n < 1:
-        raise ValueError(f"chunk_size: must be ≥ 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size: must be ≥ 1, got {chunk_size}")
     if mode == "full":
         return n
     if mode == "half":
         return max(1, n // 2)
     if mode == "single":
         return 1
-    raise ValueError(f"mode: unknown chunk mode {mode!r}; expected one of {', '.join(MODES)}")
+    raise ConfigError(f"mode: unknown chunk mode {mode!r}; expected one of {', '.join(MODES)}")
 
 
 def parse_modes(text: str) -> list[str]:
     """``"full,half"`` → ``["full", "half"]`` in canonical order, duplicates removed."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
-        raise ValueError("--modes: empty; expected a comma-separated subset of full,half,single")
+        raise ConfigError("--modes: empty; expected a comma-separated subset of full,half,single")
     unknown = [m for m in names if m not in MODES]
     if unknown:
-        raise ValueError(f"--modes: unknown mode(s) {', '.join(unknown)}; expected a subset of {','.join(MODES)}")
+        raise ConfigError(f"--modes: unknown mode(s) {', '.join(unknown)}; expected a subset of {','.join(MODES)}")
     return [m for m in MODES if m in names]
 
 

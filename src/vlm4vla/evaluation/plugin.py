@@ -30,14 +30,19 @@ Simulator packages are optional: a plugin whose simulator is missing raises
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import importlib.metadata
+import io
 import math
+import sys
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from vlm4vla.errors import VLM4VLAError
 
 if TYPE_CHECKING:
     from vlm4vla.evaluation.client import PolicyClient
@@ -52,7 +57,7 @@ KNOWN_SUITES: dict[str, str] = {
 }
 
 
-class EvaluationError(Exception):
+class EvaluationError(VLM4VLAError):
     """An evaluation that cannot start or continue; the message is one user-facing sentence."""
 
 
@@ -64,7 +69,7 @@ class IncompatibleBundleError(EvaluationError):
     """The policy bundle's chunk size or action dimension does not fit the suite."""
 
 
-class SimulatorImportError(ImportError):
+class SimulatorImportError(VLM4VLAError, ImportError):
     """The suite's simulator package is missing or broken; the message says how to install it."""
 
 
@@ -119,9 +124,7 @@ class Evaluator(abc.ABC):
         """
 
     def close_env(self, env: Any) -> None:
-        close = getattr(env, "close", None)
-        if callable(close):
-            close()
+        close_if_closable(env)
 
     # ---------------------------------------------------------------- metrics
     def metric(self, records: Sequence[Mapping[str, Any]]) -> float:
@@ -170,9 +173,9 @@ def checked_action(action: Any, suite: str) -> np.ndarray:
     """A policy action as a float64 (7,) array; one clear error for a wrong size or a non-finite value."""
     action = np.asarray(action, dtype=np.float64).reshape(-1)
     if action.shape != (7,):
-        raise ValueError(f"{suite} expects 7-d actions, the policy returned shape {action.shape}")
+        raise EvaluationError(f"{suite} expects 7-d actions, the policy returned shape {action.shape}")
     if not np.all(np.isfinite(action)):
-        raise ValueError(f"the policy returned a non-finite action {action.tolist()}")
+        raise EvaluationError(f"the policy returned a non-finite action {action.tolist()}")
     return action
 
 
@@ -183,6 +186,31 @@ def signed_gripper_action(action: Any, suite: str) -> np.ndarray:
     out[:6] = np.clip(action[:6], -1.0, 1.0)
     out[6] = 1.0 if action[6] > 0 else -1.0
     return out
+
+
+def capped(limit: int, cap: int | None) -> int:
+    """The protocol's ``limit`` (steps, episodes per task) lowered to ``cap`` if given, never raised:
+    ``--max-steps`` / ``--episodes-per-task`` shorten a run but cannot extend the protocol."""
+    return int(limit) if cap is None else min(int(cap), int(limit))
+
+
+def close_if_closable(obj: Any) -> None:
+    """Call ``obj.close()`` if it has one (simulators differ in whether they do)."""
+    close = getattr(obj, "close", None)
+    if callable(close):
+        close()
+
+
+@contextlib.contextmanager
+def stdin_closed() -> Iterator[None]:
+    """An ``input()`` inside (a simulator's first-import or asset-download prompt) raises EOFError
+    instead of blocking a worker forever."""
+    saved = sys.stdin
+    sys.stdin = io.StringIO("")
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 def _task_rank(evaluator: Evaluator, task: str) -> tuple[int, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.evaluation.chunking import MODES
-from vlm4vla.evaluation.store import write_atomic
+from vlm4vla.files import write_atomic
 
 BEST_RULE = (
     "highest {metric}; ties → the earlier checkpoint (lower training step), then fewer policy "

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm4vla.errors import ConfigError
 from vlm4vla.evaluation.chunking import steps_per_query
 from vlm4vla.evaluation.client import PolicyClient
 from vlm4vla.evaluation.plugin import EvaluationError, Evaluator, SimulatorImportError
@@ -212,7 +213,7 @@ class ProcessPool:
 
     def __init__(self, evaluator: Evaluator, workers: int, *, max_batch: int | None = None) -> None:
         if workers < 1:
-            raise ValueError(f"workers: must be ≥ 1, got {workers}")
+            raise ConfigError(f"workers: must be ≥ 1, got {workers}")
         self.evaluator = evaluator
         self.workers = workers
         self.max_batch = max_batch or workers

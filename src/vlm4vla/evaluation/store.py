@@ -7,7 +7,7 @@
   before new records are appended; a damaged line elsewhere is an error (never rewritten).
 * ``meta.json`` beside it records the settings that change outcomes (suite, seed, max steps);
   resuming with different settings is refused instead of mixing incompatible episodes.
-* Summaries are written atomically (`write_atomic`: temp file + fsync + rename).
+* Summaries are written atomically (`vlm4vla.files.write_atomic`: temp file + fsync + rename).
 * One run at a time per output directory: `ResultsLock` holds an OS lock (``flock``) on
   ``OUT/.vlm4vla-eval.lock`` for the whole run; a second run is refused, naming the holder.
   The OS drops the lock when the holder exits, however it exits, so a stale file never blocks.
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm4vla.evaluation.plugin import EvaluationError
+from vlm4vla.files import write_atomic
 
 EPISODES_NAME = "episodes.jsonl"
 META_NAME = "meta.json"
@@ -39,21 +40,6 @@ class StoreError(EvaluationError):
 
 def episode_key(task: Any, episode_id: Any) -> tuple[str, str]:
     return (str(task), json.dumps(episode_id, sort_keys=True))
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def ensure_writable(directory: str | os.PathLike) -> Path:

@@ -1,8 +1,35 @@
-"""The VLA policy: ActionQuery, FCDecoder head, loss and `VLAPolicy`."""
+"""The VLA policy: its configuration, action space, ActionQuery, FCDecoder head, loss and `VLAPolicy`.
 
-from vlm4vla.policy.action_query import ActionQuery
-from vlm4vla.policy.heads import FCDecoder
-from vlm4vla.policy.losses import action_loss
-from vlm4vla.policy.policy import LoraSettings, VLAPolicy
+Attributes are imported lazily, so ``vlm4vla.policy.action_space`` (numpy + torch) can be used
+without importing transformers.
+"""
 
-__all__ = ["ActionQuery", "FCDecoder", "LoraSettings", "VLAPolicy", "action_loss"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "VLAConfig": "vlm4vla.policy.config",
+    "LoraSettings": "vlm4vla.policy.config",
+    "create_policy": "vlm4vla.policy.policy",
+    "VLAPolicy": "vlm4vla.policy.policy",
+    "ActionQuery": "vlm4vla.policy.action_query",
+    "FCDecoder": "vlm4vla.policy.heads",
+    "action_loss": "vlm4vla.policy.losses",
+    "ActionNormalizer": "vlm4vla.policy.action_space",
+    "GripperConvention": "vlm4vla.policy.action_space",
+    "normalizer_from_dict": "vlm4vla.policy.action_space",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vlm4vla.policy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,20 +9,19 @@ from torch import nn
 class ActionQuery(nn.Module):
     """A single learnable vector the backbone writes into its ActionQuery slot.
 
-    Initialised like a word embedding (normal, std 0.02) so it starts on the scale of the
-    tokens around it.
+    Initialised to zeros, as in the released code (``nn.Parameter(torch.zeros(hidden_size))``
+    in vlm4vla/model/backbone/base_backbone.py); it still learns, since the hidden state at its
+    slot depends on it through every layer.
     """
 
-    def __init__(self, hidden_size: int, init_std: float = 0.02) -> None:
+    def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.hidden_size = hidden_size
-        self.init_std = init_std
-        self.embedding = nn.Parameter(torch.empty(hidden_size))
-        self.reset_parameters()
+        self.embedding = nn.Parameter(torch.zeros(hidden_size))
 
     def reset_parameters(self) -> None:
         if self.embedding.device.type != "meta":
-            nn.init.normal_(self.embedding, std=self.init_std)
+            nn.init.zeros_(self.embedding)
 
     def forward(self) -> torch.Tensor:
         return self.embedding

@@ -3,17 +3,18 @@
 Layout::
 
     bundle/
-      vla_config.json      backbone family + its HF config, chunk size, prompt scheme, image size,
-                           loss weight, LoRA settings, action-normaliser statistics
+      vla_config.json      the policy's `VLAConfig` (backbone, its HF config, chunk size, prompt
+                           scheme, image size, loss weight, switches, LoRA, normaliser) + format_version
       model.safetensors    every policy weight (backbone, ActionQuery, head); no pickle
       processor/           tokenizer and image-processor files
 
-Loading never executes code from the bundle and never downloads anything.
+This module is the file format only; `VLAPolicy.save_pretrained` / `from_pretrained` build on it.
+Loading never executes code from the bundle and never downloads anything. Format 1 bundles
+(before `VLAConfig`) are read too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -25,34 +26,38 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from vlm4vla.errors import VLM4VLAError
+from vlm4vla.policy.config import VLAConfig
+
 if TYPE_CHECKING:
     from vlm4vla.policy.policy import VLAPolicy
 
 CONFIG_NAME = "vla_config.json"
 WEIGHTS_NAME = "model.safetensors"
 PROCESSOR_DIR = "processor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-class BundleError(ValueError):
+class BundleError(VLM4VLAError, ValueError):
     """A missing or invalid policy bundle; the message names the file and the field."""
 
 
 def bundle_config(policy: VLAPolicy) -> dict[str, Any]:
-    backbone = policy.backbone
-    normalizer = policy.normalizer
-    return {
-        "format_version": FORMAT_VERSION,
-        "backbone": backbone.name,
-        "backbone_config": backbone.config.to_dict(),
-        "prompt_scheme": backbone.prompt_scheme,
-        "image_size": backbone.image_size,
-        "chunk_size": policy.chunk_size,
-        "action_dim": 7,
-        "gripper_loss_weight": policy.gripper_loss_weight,
-        "lora": dataclasses.asdict(policy.lora_settings) if policy.lora_settings is not None else None,
-        "normalizer": normalizer.to_dict() if normalizer is not None else None,
-    }
+    """``vla_config.json``: the policy's `VLAConfig` and the format version."""
+    return {"format_version": FORMAT_VERSION, **policy.config.to_dict()}
+
+
+def config_from_bundle_dict(data: dict[str, Any], source: str) -> VLAConfig:
+    """The `VLAConfig` of a ``vla_config.json`` of any supported format version."""
+    data = dict(data)
+    version = data.pop("format_version", 1)
+    if version == 1:
+        # Format 1: the family name as backbone, no switches, an "action_dim" that was always 7.
+        data.pop("action_dim", None)
+    try:
+        return VLAConfig.from_dict(data, source=source)
+    except (TypeError, ValueError) as err:
+        raise BundleError(_first_line(err) if source in str(err) else f"{source}: {_first_line(err)}") from None
 
 
 def save_bundle(policy: VLAPolicy, directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
@@ -154,39 +159,17 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_bundle(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> VLAPolicy:
-    from vlm4vla.backbones import get_backbone
-    from vlm4vla.policy.policy import LoraSettings, VLAPolicy
-
+def read_bundle(directory: str | os.PathLike) -> tuple[VLAConfig, Path, Path]:
+    """Check a bundle's files and return its `VLAConfig`, the weights file and the processor
+    folder (an absolute path, which transformers never takes for a hub id)."""
     directory = Path(directory)
-    config = check_bundle_files(directory)
-    weights = directory / WEIGHTS_NAME
-    cls = get_backbone(config["backbone"])
-    processor_dir = (directory / PROCESSOR_DIR).resolve()
-    try:
-        # An absolute path of an existing directory: transformers never takes it for a hub id.
-        processor = cls.load_processor(processor_dir, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{directory / PROCESSOR_DIR}: unreadable processor files ({_first_line(err)})") from None
-    backbone = cls.from_config(
-        config["backbone_config"],
-        processor=processor,
-        prompt_scheme=config.get("prompt_scheme"),
-        image_size=config.get("image_size", 224),
-    )
-    normalizer = None
-    if config.get("normalizer") is not None:
-        from vlm4vla.data.normalization import normalizer_from_dict
+    raw = check_bundle_files(directory)
+    config = config_from_bundle_dict(raw, str(directory / CONFIG_NAME))
+    return config, directory / WEIGHTS_NAME, (directory / PROCESSOR_DIR).resolve()
 
-        normalizer = normalizer_from_dict(config["normalizer"])
-    policy = VLAPolicy(
-        backbone,
-        chunk_size=int(config["chunk_size"]),
-        gripper_loss_weight=float(config.get("gripper_loss_weight", 0.01)),
-        normalizer=normalizer,
-    )
-    if config.get("lora"):
-        policy.apply_lora(LoraSettings(**config["lora"]))
+
+def load_weights(policy: VLAPolicy, weights: Path, family: str) -> None:
+    """Load a bundle's safetensors weights into ``policy`` (tied weights are stored once)."""
     try:
         missing, unexpected = load_model(policy, str(weights), strict=False)
     except SafetensorError as err:
@@ -194,16 +177,14 @@ def load_bundle(directory: str | os.PathLike, *, device: torch.device | str = "c
     except (RuntimeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[-1].strip()
         raise BundleError(
-            f"{weights}: weights do not match the {config['backbone']} architecture in {CONFIG_NAME} ({first_line})"
+            f"{weights}: weights do not match the {family} architecture in {CONFIG_NAME} ({first_line})"
         ) from None
-    # Tied weights are stored once; every other parameter must be present.
     tied = {name for name in missing if _is_tied(policy, name)}
     if set(missing) - tied or unexpected:
         raise BundleError(
-            f"{weights}: weights do not match the {config['backbone']} architecture in {CONFIG_NAME} "
+            f"{weights}: weights do not match the {family} architecture in {CONFIG_NAME} "
             f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
-    return policy.to(device).eval()
 
 
 def _is_tied(policy: VLAPolicy, name: str) -> bool:

@@ -5,39 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from vlm4vla.backbones.base import ImagesLike, VLABackbone
+from vlm4vla.policy import bundle
 from vlm4vla.policy.action_query import ActionQuery
+from vlm4vla.policy.action_space import ActionNormalizer, normalizer_from_dict
+from vlm4vla.policy.config import BACKBONE_SWITCHES, LoraSettings, VLAConfig
 from vlm4vla.policy.heads import FCDecoder
 from vlm4vla.policy.losses import action_loss
-
-
-class ActionNormalizer(Protocol):
-    """What the policy needs from a dataset's action normaliser (see ``vlm4vla.data``)."""
-
-    def denormalize(self, actions: Any) -> Any: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA through peft. ``target_modules=None`` means the family's language-model projections;
-    ``include_experts`` adds MoE expert weights (3-D parameters) for MoE families; peft's
-    parameter adapters need ``dropout=0`` (the default, as in OpenVLA's LoRA recipe)."""
-
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str | list[str] | None = None
-    include_experts: bool = True
 
 
 class VLAPolicy(nn.Module):
@@ -66,6 +47,8 @@ class VLAPolicy(nn.Module):
         self.gripper_loss_weight = float(gripper_loss_weight)
         self.normalizer = normalizer
         self.lora_settings: LoraSettings | None = None
+        # The config it was created from (`from_config`); `config` reflects the current state.
+        self.spec: VLAConfig | None = None
         hidden = backbone.hidden_size
         device = backbone.device if backbone.device.type == "meta" else None
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -129,25 +112,78 @@ class VLAPolicy(nn.Module):
         actions = torch.cat([arm.float(), gripper.unsqueeze(-1)], dim=-1)
         if self.normalizer is not None:
             restored = np.array(self.normalizer.denormalize(actions.cpu().numpy()), dtype=np.float32)
-            gripper_convention = getattr(self.normalizer, "gripper", None)
-            if gripper_convention is not None:
-                restored[..., 6] = gripper_convention.to_env(restored[..., 6])
+            restored[..., 6] = self.normalizer.gripper.to_env(restored[..., 6])
             actions = torch.from_numpy(restored)
         return actions.cpu()
 
-    # ------------------------------------------------------------------ bundles
+    # ------------------------------------------------------------------ config and bundles
+    @classmethod
+    def from_config(cls, config: VLAConfig, *, processor: Any = None) -> VLAPolicy:
+        """Build the policy ``config`` describes (backbone, ActionQuery, head, normaliser, switches)."""
+        from vlm4vla.backbones.factory import create_backbone
+
+        backbone = create_backbone(
+            config.backbone, weights=config.weights, path=config.backbone_path, hf_config=config.backbone_config,
+            processor=processor, prompt_scheme=config.prompt_scheme, image_size=config.image_size,
+            switches=config.switches(),
+        )
+        policy = cls(
+            backbone,
+            chunk_size=config.chunk_size,
+            gripper_loss_weight=config.gripper_loss_weight,
+            normalizer=normalizer_from_dict(config.normalizer) if config.normalizer is not None else None,
+        )
+        policy.spec = config
+        # peft builds its adapters on the default device: on meta, keep them there too.
+        meta = backbone.device.type == "meta"
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            policy.configure_training(
+                freeze_vision_encoder=config.freeze_vision_encoder,
+                freeze_word_embeddings=config.freeze_word_embeddings,
+                freeze_llm=config.freeze_llm,
+                lora=config.lora,
+            )
+        return policy
+
+    @property
+    def config(self) -> VLAConfig:
+        """The `VLAConfig` of this policy as it is now (what a bundle stores)."""
+        base = self.spec or VLAConfig(backbone=self.backbone.name)
+        # The released-code switches as the backbone resolved them (None where they do not apply).
+        switches = {name: self.backbone.switches.get(name) for name in BACKBONE_SWITCHES}
+        return base.replace(
+            **switches,
+            backbone_config=self.backbone.config.to_dict(),
+            prompt_scheme=self.backbone.prompt_scheme,
+            image_size=self.backbone.image_size,
+            chunk_size=self.chunk_size,
+            gripper_loss_weight=self.gripper_loss_weight,
+            lora=self.lora_settings,
+            normalizer=self.normalizer.to_dict() if self.normalizer is not None else None,
+        )
+
     def save_pretrained(self, directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
         """Write a self-contained policy bundle (safetensors weights, config, normaliser, processor)."""
-        from vlm4vla.policy.bundle import save_bundle
-
-        return save_bundle(self, directory, state_dict=state_dict)
+        return bundle.save_bundle(self, directory, state_dict=state_dict)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> VLAPolicy:
         """Load a policy bundle written by :meth:`save_pretrained` (no pickle, no download)."""
-        from vlm4vla.policy.bundle import load_bundle
+        from vlm4vla.backbones import get_backbone
 
-        return load_bundle(directory, device=device)
+        config, weights, processor_dir = bundle.read_bundle(directory)
+        try:
+            processor = get_backbone(config.family).load_processor(processor_dir, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise bundle.BundleError(
+                f"{Path(directory) / bundle.PROCESSOR_DIR}: unreadable processor files "
+                f"({str(err).strip().splitlines()[0]})"
+            ) from None
+        # The architecture comes from the stored configuration; the weights from the bundle.
+        policy = cls.from_config(config.replace(weights="random"), processor=processor)
+        policy.spec = config
+        bundle.load_weights(policy, weights, config.family)
+        return policy.to(device).eval()
 
     # ------------------------------------------------------------------ training-mode switches
     def freeze_vision_encoder(self) -> int:
@@ -240,3 +276,13 @@ class VLAPolicy(nn.Module):
             counts["lora_params"] = lora
         return counts
 
+
+
+def create_policy(config: VLAConfig | str, /, *, processor: Any = None, **overrides: Any) -> VLAPolicy:
+    """A `VLAPolicy` from a `VLAConfig` or a backbone name, like ``timm.create_model``:
+    ``create_policy("qwen3-vl-2b", weights="random", chunk_size=4)``."""
+    if isinstance(config, str):
+        config = VLAConfig(backbone=config, **overrides)
+    elif overrides:
+        config = config.replace(**overrides)
+    return VLAPolicy.from_config(config, processor=processor)

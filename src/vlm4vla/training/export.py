@@ -12,7 +12,6 @@ or a distributed-checkpoint directory).
 from __future__ import annotations
 
 import errno
-import inspect
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vlm4vla.errors import ConfigError, MissingFileError, VLM4VLAError
 from vlm4vla.policy import VLAPolicy
 from vlm4vla.policy.bundle import save_bundle
 
@@ -49,7 +49,7 @@ def full_policy_state_dict(policy: VLAPolicy) -> dict[str, torch.Tensor] | None:
     return state if dist.get_rank() == 0 else None
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(VLM4VLAError, OSError):
     """A checkpoint or bundle could not be written; the message names the file."""
 
 
@@ -196,7 +196,7 @@ def _load_lightning_checkpoint(path: Path) -> dict[str, Any]:
 
         meta = path / "meta.pt"
         if not meta.is_file():
-            raise ValueError(f"{meta}: missing; {path} is not a Lightning distributed checkpoint")
+            raise ConfigError(f"{meta}: missing; {path} is not a Lightning distributed checkpoint")
         checkpoint = torch.load(meta, map_location="cpu", weights_only=True)
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / "consolidated.pt"
@@ -211,7 +211,7 @@ def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
 
     source = path / "meta.pt" if path.is_dir() else path
     if not source.is_file():
-        raise FileNotFoundError(f"{source}: no such checkpoint")
+        raise MissingFileError(f"{source}: no such checkpoint")
     with torch.serialization.safe_globals([AttributeDict]):
         try:
             checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=not path.is_dir())
@@ -220,7 +220,7 @@ def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
     return dict(checkpoint.get("hyper_parameters") or {})
 
 
-def unreadable_checkpoint(path: Path, err: BaseException) -> ValueError:
+def unreadable_checkpoint(path: Path, err: BaseException) -> ConfigError:
     """One line for a checkpoint torch cannot load with ``weights_only=True``.
 
     torch's own message advises retrying with ``weights_only=False``, which runs arbitrary
@@ -234,7 +234,7 @@ def unreadable_checkpoint(path: Path, err: BaseException) -> ValueError:
         reason = "truncated or corrupt file"
     else:
         reason = type(err).__name__
-    return ValueError(f"{path}: not a readable Lightning checkpoint ({reason})")
+    return ConfigError(f"{path}: not a readable Lightning checkpoint ({reason})")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -248,7 +248,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     path = Path(checkpoint)
     _check_export_target(Path(output), overwrite)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise MissingFileError(f"{path}: no such checkpoint")
     try:
         ckpt = _load_lightning_checkpoint(path)
     except Exception as err:  # torch raises many types for a corrupt file
@@ -256,10 +256,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     hparams = ckpt.get("hyper_parameters")
     state = ckpt.get("state_dict")
     if not isinstance(hparams, dict) or state is None:
-        raise ValueError(f"{path}: missing 'hyper_parameters' or 'state_dict'; not a VLAModule checkpoint")
-    accepted = inspect.signature(VLAModule.__init__).parameters
+        raise ConfigError(f"{path}: missing 'hyper_parameters' or 'state_dict'; not a VLAModule checkpoint")
     # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) to the hparams.
-    module = VLAModule(**{k: v for k, v in hparams.items() if k in accepted})
+    module = VLAModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     policy = module.build_policy()
     prefix = "policy."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -271,7 +270,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         )
     for value in ckpt.values():
         if isinstance(value, dict) and "normalizer" in value:
-            from vlm4vla.data.normalization import normalizer_from_dict
+            from vlm4vla.policy.action_space import normalizer_from_dict
 
             policy.normalizer = normalizer_from_dict(value["normalizer"])
     return save_bundle(policy, output)

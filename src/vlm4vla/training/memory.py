@@ -50,16 +50,19 @@ scores — pass ``attention_scores=False`` to drop that term). Sizes are in GiB 
 from __future__ import annotations
 
 import functools
-import inspect
-import math
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlm4vla.errors import ConfigError
 from vlm4vla.training.recipes import RECIPES_DIR, RecipeError, load_recipe
+
+if TYPE_CHECKING:
+    from vlm4vla.policy.config import VLAConfig
 
 GIB = 2**30
 DEFAULT_TEXT_TOKENS = 40
@@ -78,11 +81,6 @@ _MASTER_DTYPE = {
 _COMPUTE_DTYPE = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
 # (min_pixels, max_pixels) of the released Qwen processors (preprocessor_config.json):
 # Qwen2.5-VL ``min_pixels``/``max_pixels``, Qwen3-VL ``size.shortest_edge``/``longest_edge``.
-_QWEN_PIXEL_BUDGET = {
-    "qwen2.5-vl": (56 * 56, 12_845_056),
-    "qwen3-vl": (65_536, 16_777_216),
-    "qwen3-vl-moe": (65_536, 16_777_216),
-}
 _SHARDED_STRATEGIES = ("ModelParallelStrategy", "FSDPStrategy")
 
 
@@ -115,6 +113,8 @@ class MemoryEstimate:
     activations_gb: float
     total_gb: float
     gpu_memory_gb: float = A100_80GB
+    # the `VLAConfig` (``to_dict()``) that was sized, as training builds it
+    config: dict[str, Any] | None = None
 
     @property
     def unsharded_gb(self) -> float:
@@ -152,56 +152,17 @@ class _Profile:
 
 
 # ---------------------------------------------------------------------- tokens
-def _size_value(size: Any, key: str) -> int | None:
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    return int(value) if value else None
-
-
-def _qwen_pixel_budget(backbone) -> tuple[int, int]:
-    processor = getattr(backbone, "processor", None)
-    image_processor = getattr(processor, "image_processor", None)
-    if image_processor is not None:
-        size = image_processor.size
-        low = getattr(image_processor, "min_pixels", None) or _size_value(size, "shortest_edge")
-        high = getattr(image_processor, "max_pixels", None) or _size_value(size, "longest_edge")
-        if low and high:
-            return int(low), int(high)
-    return _QWEN_PIXEL_BUDGET[backbone.name]
-
-
-def _smart_resize(side: int, factor: int, min_pixels: int, max_pixels: int) -> int:
-    """Qwen2-VL's ``smart_resize`` for a square image: the processed side length."""
-    resized = max(factor, round(side / factor) * factor)
-    if resized * resized > max_pixels:
-        resized = max(factor, math.floor(side / math.sqrt(side * side / max_pixels) / factor) * factor)
-    elif resized * resized < min_pixels:
-        resized = math.ceil(side * math.sqrt(min_pixels / (side * side)) / factor) * factor
-    return resized
-
-
 def image_tokens(backbone, image_size: int) -> tuple[int, int]:
-    """(language-model image tokens, vision-tower tokens) per image for a backbone.
-
-    ``image_size`` is the side the backbone resizes images to before its processor.
-    """
-    vision = backbone.config.vision_config
-    patch = int(vision.patch_size)
-    if backbone.name in _QWEN_PIXEL_BUDGET:
-        merge = int(getattr(vision, "spatial_merge_size", 2))
-        side = _smart_resize(image_size, patch * merge, *_qwen_pixel_budget(backbone))
-        patches = (side // patch) ** 2
-        return patches // (merge * merge), patches
-    if backbone.name == "kosmos-2":
-        patches = (int(vision.image_size) // patch) ** 2 + 1  # + CLS
-        return int(backbone.config.latent_query_num), patches
-    if hasattr(vision, "image_size"):
-        # Fixed-resolution processors (PaliGemma, CLIP-style): resized to the encoder's size.
-        patches = (int(vision.image_size) // patch) ** 2
-        return patches, patches
-    raise ValueError(f"{backbone.name}: cannot derive the number of image tokens from its configuration")
+    """(language-model image tokens, vision-tower tokens) per image: the backbone's own arithmetic."""
+    return backbone.image_token_counts(image_size)
 
 
 # ---------------------------------------------------------------------- model profile
+def _profile_of(config: VLAConfig, text_tokens: int = DEFAULT_TEXT_TOKENS) -> _Profile:
+    """Parameter and sequence-length profile of the policy ``config`` describes (built on meta)."""
+    return _cached_profile(json.dumps(config.to_dict(), sort_keys=True), int(text_tokens))
+
+
 def _heads(config: Any) -> int:
     for key in ("num_attention_heads", "attention_heads", "num_heads"):
         value = getattr(config, key, None)
@@ -215,35 +176,14 @@ def _numel(module: torch.nn.Module) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _profile(
-    backbone: str,
-    *,
-    chunk_size: int,
-    prompt_scheme: str | None,
-    image_size: int,
-    freeze_vision_encoder: bool,
-    freeze_word_embeddings: bool,
-    freeze_llm: bool,
-    lora_rank: int,
-    lora_alpha: int | None,
-    text_tokens: int,
-) -> _Profile:
-    from vlm4vla.policy import LoraSettings, VLAPolicy
-    from vlm4vla.training.module import build_backbone
+def _cached_profile(config_json: str, text_tokens: int) -> _Profile:
+    from vlm4vla.policy.config import VLAConfig
+    from vlm4vla.policy.policy import VLAPolicy
 
-    vla_backbone = build_backbone(
-        backbone, weights="meta", prompt_scheme=prompt_scheme, image_size=image_size
-    )
-    policy = VLAPolicy(vla_backbone, chunk_size=chunk_size)
-    lora = LoraSettings(rank=lora_rank, alpha=lora_alpha or 2 * lora_rank) if lora_rank else None
-    # peft builds its adapters on the default device: keep them on meta too (no memory, fast).
-    with torch.device("meta"):
-        policy.configure_training(
-            freeze_vision_encoder=freeze_vision_encoder,
-            freeze_word_embeddings=freeze_word_embeddings,
-            freeze_llm=freeze_llm,
-            lora=lora,
-        )
+    config = VLAConfig.from_dict(json.loads(config_json))
+    policy = VLAPolicy.from_config(config.replace(weights="meta"))
+    vla_backbone = policy.backbone
+    image_size, backbone = config.image_size, config.backbone
     layers, blocks = vla_backbone.decoder_layers, vla_backbone.vision_blocks
     in_units = {id(p) for unit in (*layers, *blocks) for p in unit.parameters()}
     total = sum(p.numel() for p in policy.parameters())
@@ -299,16 +239,6 @@ def activation_bytes(
 
 
 # ---------------------------------------------------------------------- recipe fields
-def _module_defaults() -> dict[str, Any]:
-    from vlm4vla.training.module import VLAModule
-
-    return {
-        name: p.default
-        for name, p in inspect.signature(VLAModule.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 def _section(recipe: dict[str, Any], key: str) -> dict[str, Any]:
     section = recipe.get(key) or {}
     if not isinstance(section, dict):
@@ -335,11 +265,11 @@ def _device_count(devices: Any) -> int | None:
 def _world_size(trainer: dict[str, Any], gpus: int | None) -> int:
     if gpus is not None:
         if gpus < 1:
-            raise ValueError(f"gpus: expected a positive integer, got {gpus}")
+            raise ConfigError(f"gpus: expected a positive integer, got {gpus}")
         return int(gpus)
     devices = _device_count(trainer.get("devices", 1))
     if devices is None:
-        raise ValueError(f"trainer.devices is {trainer.get('devices')!r}; pass the number of GPUs (gpus=…)")
+        raise ConfigError(f"trainer.devices is {trainer.get('devices')!r}; pass the number of GPUs (gpus=…)")
     return devices * int(trainer.get("num_nodes", 1) or 1)
 
 
@@ -352,7 +282,7 @@ def _is_sharded(trainer: dict[str, Any]) -> bool:
 def _dtype_name(value: Any, what: str) -> str:
     name = str(value).removeprefix("torch.")
     if name not in _DTYPE_BYTES:
-        raise ValueError(f"{what}: expected one of {sorted(_DTYPE_BYTES)}, got {value!r}")
+        raise ConfigError(f"{what}: expected one of {sorted(_DTYPE_BYTES)}, got {value!r}")
     return name
 
 
@@ -389,7 +319,11 @@ def estimate_memory(
     if not isinstance(recipe, dict):
         name = name or recipe_label(recipe)
         recipe = load_recipe(recipe)
-    model = {**_module_defaults(), **_section(recipe, "model")}
+    from vlm4vla.training.module import VLAModule
+
+    # The LightningModule reads the recipe's model section exactly as training does.
+    module = VLAModule(**_section(recipe, "model"))
+    model = module.hparams
     trainer = _section(recipe, "trainer")
     data = _section(recipe, "data")
 
@@ -409,20 +343,9 @@ def estimate_memory(
         compute = _COMPUTE_DTYPE.get(precision, master)
     micro_batch = int(data.get("batch_size", 1))
     if micro_batch < 1:
-        raise ValueError(f"data.batch_size: expected a positive integer, got {micro_batch}")
+        raise ConfigError(f"data.batch_size: expected a positive integer, got {micro_batch}")
 
-    profile = _profile(
-        str(model["backbone"]),
-        chunk_size=int(model["chunk_size"]),
-        prompt_scheme=model.get("prompt_scheme"),
-        image_size=int(model["image_size"]),
-        freeze_vision_encoder=bool(model["freeze_vision_encoder"]),
-        freeze_word_embeddings=bool(model["freeze_word_embeddings"]),
-        freeze_llm=bool(model["freeze_llm"]),
-        lora_rank=int(model["lora_rank"] or 0),
-        lora_alpha=model.get("lora_alpha"),
-        text_tokens=int(text_tokens),
-    )
+    profile = _profile_of(module.vla_config, text_tokens)
     master_bytes, compute_bytes = _DTYPE_BYTES[master], _DTYPE_BYTES[compute]
     checkpointing = bool(model["activation_checkpointing"])
 
@@ -461,6 +384,7 @@ def estimate_memory(
         activations_gb=parts[5],
         total_gb=sum(parts),
         gpu_memory_gb=gpu_memory_gb,
+        config=module.vla_config.to_dict(),
     )
 
 

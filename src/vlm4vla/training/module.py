@@ -12,34 +12,18 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from vlm4vla.policy import LoraSettings, VLAPolicy
+from vlm4vla.errors import ConfigError
+from vlm4vla.policy.config import BACKBONE_SWITCHES, LoraSettings, VLAConfig
+from vlm4vla.policy.policy import VLAPolicy
 
 RNG_KEY = "vlm4vla_rng_states"
 
 
-def build_backbone(
-    backbone: str,
-    *,
-    weights: Literal["pretrained", "random", "meta"] = "pretrained",
-    path: str | None = None,
-    prompt_scheme: str | None = None,
-    image_size: int = 224,
-):
-    """A backbone by preset name (``qwen3-vl-2b`` …) or ``tiny:<family>`` (tiny random model
-    with an in-process tokenizer, for tests and the quickstart)."""
-    from vlm4vla.backbones import get_backbone
-    from vlm4vla.backbones.presets import get_preset
-
-    if backbone.startswith("tiny:"):
-        family, _, variant = backbone.removeprefix("tiny:").partition("/")
-        cls = get_backbone(family)
-        overrides = getattr(cls, "tiny_variants", {}).get(variant, {}) if variant else {}
-        return cls.tiny(prompt_scheme=prompt_scheme, image_size=image_size, **overrides)
-    return get_preset(backbone).build(weights, path=path, prompt_scheme=prompt_scheme, image_size=image_size)
-
-
 class VLAModule(pl.LightningModule):
     """Trains a `VLAPolicy` (paper-notes §1, §3–4).
+
+    The flat model arguments (what recipes set under ``model:``) make one `VLAConfig`,
+    ``self.vla_config``, from which the policy is built (`VLAPolicy.from_config`).
 
     Args:
         backbone: preset name (``qwen3-vl-2b`` …) or ``tiny:<family>``.
@@ -50,8 +34,15 @@ class VLAModule(pl.LightningModule):
         gripper_loss_weight: λ of the gripper BCE.
         freeze_vision_encoder / freeze_word_embeddings / freeze_llm / lora_rank: the paper's
             training-mode ablations (LoRA off when ``lora_rank`` is 0).
+        qwen_positions / paligemma_attention / kosmos2_prompt / deepstack: the released code's
+            behaviours (`vlm4vla.policy.config.BACKBONE_SWITCHES`): ``qwen_positions: 1d``
+            (Qwen: 1-D positions, no M-RoPE), ``paligemma_attention: causal`` (no bidirectional
+            image prefix), ``kosmos2_prompt: released`` (the literal released prompt),
+            ``deepstack: false`` (Qwen3-VL / MoE: no DeepStack inputs). Unset = the stock model;
+            one set for a backbone it does not apply to is refused.
         lr, weight_decay, betas: AdamW. Norms, biases and the ActionQuery get no weight decay.
-        warmup_steps: linear warm-up; then ``lr_schedule`` = ``constant`` (paper) or ``cosine``
+        warmup_steps / warmup_epochs: linear warm-up over that many optimiser steps, or that
+            fraction of an epoch (the released CALVIN recipe: 0.25); then ``lr_schedule`` = ``constant`` (paper) or ``cosine``
             (to 10% of ``lr`` at the Trainer's ``max_steps``).
         activation_checkpointing: recompute decoder-layer activations in the backward pass.
         fsdp_param_dtype: FSDP2 compute dtype of sharded parameters (gradients are reduced in
@@ -73,27 +64,32 @@ class VLAModule(pl.LightningModule):
         freeze_llm: bool = False,
         lora_rank: int = 0,
         lora_alpha: int | None = None,
+        qwen_positions: str | None = None,
+        paligemma_attention: str | None = None,
+        kosmos2_prompt: str | None = None,
+        deepstack: bool | None = None,
         lr: float = 2e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        warmup_epochs: float | None = None,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         activation_checkpointing: bool = False,
         fsdp_param_dtype: Literal["bfloat16", "float32"] | None = "bfloat16",
     ) -> None:
         super().__init__()
         if chunk_size < 1:
-            raise ValueError(f"chunk_size: expected ≥ 1, got {chunk_size}")
+            raise ConfigError(f"chunk_size: expected ≥ 1, got {chunk_size}")
         if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
+            raise ConfigError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
         if weights not in ("pretrained", "random"):
-            raise ValueError(f"weights: expected 'pretrained' or 'random', got {weights!r}")
+            raise ConfigError(f"weights: expected 'pretrained' or 'random', got {weights!r}")
+        if warmup_epochs is not None and (warmup_steps or warmup_epochs < 0):
+            raise ConfigError("warmup_epochs: set it or warmup_steps, not both (and ≥ 0)")
         self.save_hyperparameters()
-        # Validate names now, so a typo fails before any weights load.
-        if not backbone.startswith("tiny:"):
-            from vlm4vla.backbones.presets import get_preset
-
-            get_preset(backbone)
+        self.vla_config = self.policy_config(self.hparams)
+        self.vla_config.family  # noqa: B018  (validates the backbone name before any weights load)
+        self.vla_config.check_switches()  # … and the switches against its family
         self.policy: VLAPolicy | None = None
         self._sharded = False
         self._rng_to_restore: dict[str, Any] | None = None
@@ -101,6 +97,29 @@ class VLAModule(pl.LightningModule):
         self._last_batch_size = 0
 
     # ------------------------------------------------------------------ model
+    @staticmethod
+    def policy_config(hparams: Mapping[str, Any]) -> VLAConfig:
+        """The `VLAConfig` of a module's (or a checkpoint's, or a recipe's) model arguments."""
+        defaults = VLAConfig()
+        get = lambda key: hparams[key] if hparams.get(key) is not None else getattr(defaults, key)  # noqa: E731
+        return VLAConfig(
+            backbone=str(get("backbone")),
+            weights=get("weights"),
+            backbone_path=hparams.get("backbone_path"),
+            prompt_scheme=hparams.get("prompt_scheme"),
+            image_size=int(get("image_size")),
+            chunk_size=int(get("chunk_size")),
+            gripper_loss_weight=float(get("gripper_loss_weight")),
+            freeze_vision_encoder=bool(hparams.get("freeze_vision_encoder", False)),
+            freeze_word_embeddings=bool(hparams.get("freeze_word_embeddings", False)),
+            freeze_llm=bool(hparams.get("freeze_llm", False)),
+            lora=LoraSettings.for_rank(hparams.get("lora_rank") or 0, hparams.get("lora_alpha")),
+            qwen_positions=hparams.get("qwen_positions"),
+            paligemma_attention=hparams.get("paligemma_attention"),
+            kosmos2_prompt=hparams.get("kosmos2_prompt"),
+            deepstack=hparams.get("deepstack"),
+        )
+
     def build_policy(self, *, weights: Literal["pretrained", "random", "meta"] | None = None) -> VLAPolicy:
         """Build the policy once (weights loaded, switches applied); later calls return it.
 
@@ -108,20 +127,10 @@ class VLAModule(pl.LightningModule):
         """
         if self.policy is not None:
             return self.policy
-        hp = self.hparams
-        backbone = build_backbone(
-            hp.backbone, weights=weights or hp.weights, path=hp.backbone_path, prompt_scheme=hp.prompt_scheme,
-            image_size=hp.image_size,
-        )
-        policy = VLAPolicy(backbone, chunk_size=hp.chunk_size, gripper_loss_weight=hp.gripper_loss_weight)
-        policy.configure_training(
-            freeze_vision_encoder=hp.freeze_vision_encoder,
-            freeze_word_embeddings=hp.freeze_word_embeddings,
-            freeze_llm=hp.freeze_llm,
-            lora=LoraSettings(rank=hp.lora_rank, alpha=hp.lora_alpha or 2 * hp.lora_rank) if hp.lora_rank else None,
-        )
-        if hp.activation_checkpointing:
-            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        config = self.vla_config if weights is None else self.vla_config.replace(weights=weights)
+        policy = VLAPolicy.from_config(config)
+        if self.hparams.activation_checkpointing:
+            policy.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy
         return policy
 
@@ -132,7 +141,7 @@ class VLAModule(pl.LightningModule):
             return
         data_chunk = getattr(datamodule, "chunk_size", None)
         if data_chunk is not None and data_chunk != self.hparams.chunk_size:
-            raise ValueError(
+            raise ConfigError(
                 f"chunk_size: the model predicts {self.hparams.chunk_size} actions but the datamodule "
                 f"yields chunks of {data_chunk}; set both to the same value"
             )
@@ -160,9 +169,9 @@ class VLAModule(pl.LightningModule):
     @staticmethod
     def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
         """Raise if a checkpoint's model (``saved`` hparams) differs from this run's."""
-        for key in ("backbone", "chunk_size", "lora_rank"):
+        for key in ("backbone", "chunk_size", "lora_rank", *BACKBONE_SWITCHES):
             if key in saved and key in current and saved[key] != current[key]:
-                raise ValueError(
+                raise ConfigError(
                     f"checkpoint: it was trained with {key}={saved[key]!r} but this run uses "
                     f"{key}={current[key]!r}; resume with the recipe it was trained with"
                 )
@@ -248,13 +257,30 @@ class VLAModule(pl.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    def warmup_steps_resolved(self) -> int:
+        """Warm-up length in optimiser steps (``warmup_epochs`` converted with the Trainer's epoch length)."""
+        hp = self.hparams
+        if hp.warmup_epochs is None:
+            return int(hp.warmup_steps)
+        return _epochs_to_steps(float(hp.warmup_epochs), self.trainer)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
-        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
-        schedule = lr_lambda(hp.warmup_steps, hp.lr_schedule, total)
+        total = None
+        if self._trainer is not None:
+            total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        schedule = lr_lambda(self.warmup_steps_resolved(), hp.lr_schedule, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _epochs_to_steps(epochs: float, trainer: Any) -> int:
+    """Optimiser steps in ``epochs`` of training (the Trainer's own estimate per epoch)."""
+    max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    if max_epochs is None:
+        raise ConfigError("warmup_epochs: needs trainer.max_epochs (steps per epoch come from it)")
+    return round(epochs * trainer.estimated_stepping_batches / max_epochs)
 
 
 def lr_lambda(warmup_steps: int, schedule: str, total_steps: int | None):

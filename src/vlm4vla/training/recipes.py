@@ -2,6 +2,8 @@
 
 * ``extends: other.yaml`` — the recipe is deep-merged over another one (relative paths are
   resolved next to the file), so an ablation states only what it changes;
+* packaged recipes: ``libero10/qwen3-vl-2b`` (no such file in the working directory) names
+  the recipe shipped in the package (``vlm4vla/recipes``, the repository's ``recipes/``);
 * ``data_root`` — where datasets live. Relative ``data.init_args.root`` paths are joined to it.
   ``$VLM4VLA_DATA_ROOT`` overrides it, so one variable points every recipe at a cluster's
   dataset directory; without either it is ``./data``.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,22 +19,16 @@ from typing import Any
 
 import yaml
 
+from vlm4vla.errors import ConfigError
+from vlm4vla.mapping import deep_merge
+
 DATA_ROOT_ENV = "VLM4VLA_DATA_ROOT"
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+# Package data (src/vlm4vla/recipes links to the repository's recipes/), so wheels carry them.
+RECIPES_DIR = Path(str(importlib.resources.files("vlm4vla") / "recipes")).resolve()
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe that cannot be read; the message names the file and the key."""
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -53,10 +50,25 @@ def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return deep_merge(_read((path.parent / parent).resolve(), (*chain, path)), data)
 
 
+def resolve_recipe(path: str | os.PathLike) -> Path:
+    """A recipe file: ``path`` itself, else the packaged recipe of that name (``.yaml`` optional)."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute():
+        return given.resolve()
+    for candidate in (RECIPES_DIR / given, RECIPES_DIR / f"{given}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise RecipeError(
+        f"{path}: no such recipe file, nor a packaged recipe of that name (e.g. libero10/qwen3-vl-2b; "
+        f"see {RECIPES_DIR})"
+    )
+
+
 def load_recipe(path: str | os.PathLike, *, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The recipe at ``path`` with ``extends`` merged and data paths resolved."""
+    """The recipe at ``path`` (or the packaged one of that name) with ``extends`` merged and
+    data paths resolved."""
     environ = os.environ if environ is None else environ
-    recipe = _read(Path(path).resolve(), ())
+    recipe = _read(resolve_recipe(path), ())
     data_root = environ.get(DATA_ROOT_ENV) or recipe.pop("data_root", None) or "data"
     recipe.pop("data_root", None)
     init_args = recipe.get("data", {}).get("init_args", {}) if isinstance(recipe.get("data"), dict) else {}
@@ -94,12 +106,23 @@ def validate_recipe(recipe: Mapping[str, Any], source: str) -> None:
             except ValueError as err:
                 raise RecipeError(f"{source}: model.backbone: {err}") from None
     data = recipe.get("data")
+    init_args = data.get("init_args") if isinstance(data, Mapping) else None
+    for linked in ("chunk_size", "image_size"):
+        if isinstance(init_args, Mapping) and linked in init_args:
+            raise RecipeError(
+                f"{source}: data.init_args.{linked}: set model.{linked} only (the datamodule's follows it)"
+            )
     class_path = data.get("class_path") if isinstance(data, Mapping) else None
     if isinstance(class_path, str):
         module_name, _, name = class_path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError):
+        except ModuleNotFoundError as err:
+            # Only a module the recipe names is "not found"; a broken import inside it is a bug.
+            if not module_name or err.name is None or not module_name.startswith(err.name):
+                raise
+            cls = None
+        except (AttributeError, ValueError):
             cls = None
         if not (isinstance(cls, type) and issubclass(cls, pl.LightningDataModule)):
             raise RecipeError(

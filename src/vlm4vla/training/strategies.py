@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from vlm4vla.errors import ConfigError
 from vlm4vla.policy import VLAPolicy
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, None: None}
@@ -20,7 +21,7 @@ def shard_policy(policy: VLAPolicy, device_mesh, *, param_dtype: str | None = "b
 
     mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
     if param_dtype not in _DTYPES:
-        raise ValueError(f"fsdp_param_dtype: expected 'bfloat16', 'float32' or None, got {param_dtype!r}")
+        raise ConfigError(f"fsdp_param_dtype: expected 'bfloat16', 'float32' or None, got {param_dtype!r}")
     mp_policy = MixedPrecisionPolicy(param_dtype=_DTYPES[param_dtype], reduce_dtype=torch.float32)
     units = [*policy.backbone.vision_blocks, *policy.backbone.decoder_layers]
     if not units:

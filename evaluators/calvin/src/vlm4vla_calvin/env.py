@@ -24,13 +24,15 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vlm4vla.errors import ConfigError, MissingFileError
 from vlm4vla.evaluation.plugin import SimulatorImportError
+from vlm4vla.mapping import deep_merge
 
 INSTALL_HINT = (
     "install calvin_env from source: git clone --recursive https://github.com/mees/calvin_env && "
@@ -73,7 +75,7 @@ def resolve_dataset_config(path: str | os.PathLike[str]) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"${CONFIG_ENV}={path}: no merged_config.yaml there (looked at {', '.join(str(c) for c in candidates)})"
     )
 
@@ -87,7 +89,7 @@ def use_egl_from_env(environ: Mapping[str, str] | None = None) -> bool:
     if text in ("0", "false", "no", "tiny", "tinyrenderer"):
         return False
     if text:
-        raise ValueError(f"${EGL_ENV}: expected 1 (EGL) or 0 (TinyRenderer), got {text!r}")
+        raise ConfigError(f"${EGL_ENV}: expected 1 (EGL) or 0 (TinyRenderer), got {text!r}")
     return egl_available()
 
 
@@ -101,16 +103,6 @@ def egl_available() -> bool:
 
 
 # -------------------------------------------------------------------- config assembly
-def _deep_merge(base: MutableMapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_group(conf_dir: Path, group: str, name: str) -> dict[str, Any]:
     """One hydra config ``group/name.yaml`` with its same-group ``defaults`` merged underneath."""
     path = Path(conf_dir) / group / f"{name}.yaml"
@@ -122,9 +114,9 @@ def load_group(conf_dir: Path, group: str, name: str) -> dict[str, Any]:
         if base == "_self_":
             continue
         if not isinstance(base, str):
-            raise ValueError(f"{path}: unsupported defaults entry {base!r}")
-        merged = _deep_merge(merged, load_group(conf_dir, group, base))
-    return _deep_merge(merged, data)
+            raise ConfigError(f"{path}: unsupported defaults entry {base!r}")
+        merged = deep_merge(merged, load_group(conf_dir, group, base))
+    return deep_merge(merged, data)
 
 
 def env_config(

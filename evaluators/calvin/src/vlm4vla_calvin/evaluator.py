@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, signed_gripper_action
+from vlm4vla.errors import ConfigError
+from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, capped, close_if_closable, signed_gripper_action
 from vlm4vla_calvin import env as calvin_env_setup
 from vlm4vla_calvin.sequences import NUM_SEQUENCES, SEQUENCE_LENGTH, load_eval_set
 
@@ -66,11 +67,9 @@ class CalvinEpisode:
         disconnected (``cid = -1``, which its ``close`` checks) and dropping it prevents both.
         """
         sim, self.sim = self.sim, None
-        close = getattr(sim, "close", None)
-        if callable(close):
-            close()
-            if hasattr(sim, "cid"):
-                sim.cid = -1
+        close_if_closable(sim)
+        if sim is not None and hasattr(sim, "cid"):
+            sim.cid = -1
 
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
@@ -139,7 +138,7 @@ class CalvinEvaluator(Evaluator):
     def __init__(self, *, max_steps: int = EP_LEN, config_path: str | None = None, use_egl: bool | None = None) -> None:
         self.max_steps = int(max_steps)
         if self.max_steps < 1:
-            raise ValueError(f"max_steps must be ≥ 1, got {self.max_steps}")
+            raise ConfigError(f"max_steps must be ≥ 1, got {self.max_steps}")
         self.config_path = (
             config_path if config_path is not None else (os.environ.get(calvin_env_setup.CONFIG_ENV) or None)
         )
@@ -151,9 +150,9 @@ class CalvinEvaluator(Evaluator):
 
     def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
         if task != GROUP:
-            raise ValueError(f"unknown CALVIN task group {task!r} (the suite has one: {GROUP!r})")
+            raise ConfigError(f"unknown CALVIN task group {task!r} (the suite has one: {GROUP!r})")
         sequences = load_eval_set().sequences
-        n = NUM_SEQUENCES if episodes_per_task is None else min(int(episodes_per_task), NUM_SEQUENCES)
+        n = capped(NUM_SEQUENCES, episodes_per_task)
         return [{"episode_id": s.index, "subtasks": list(s.subtasks)} for s in sequences[:n]]
 
     # ---------------------------------------------------------------- compatibility
@@ -170,23 +169,20 @@ class CalvinEvaluator(Evaluator):
         if self.use_egl is None:  # decided once, in the main process: every worker renders alike
             self.use_egl = calvin_env_setup.use_egl_from_env()
 
-
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> CalvinEpisode:
         eval_set = load_eval_set()
         k = int(spec["episode_id"])
         if not 0 <= k < len(eval_set.sequences):
-            raise ValueError(f"CALVIN sequence {k} out of range (the set has {len(eval_set.sequences)})")
+            raise ConfigError(f"CALVIN sequence {k} out of range (the set has {len(eval_set.sequences)})")
         sequence = eval_set.sequences[k]
         if list(spec.get("subtasks", sequence.subtasks)) != list(sequence.subtasks):
-            raise ValueError(f"CALVIN sequence {k}: spec subtasks {spec['subtasks']} differ from the shipped set")
+            raise ConfigError(f"CALVIN sequence {k}: spec subtasks {spec['subtasks']} differ from the shipped set")
         sim = calvin_env_setup.make_sim(seed=seed, config_path=self.config_path, use_egl=self.use_egl)
         try:
             oracle = calvin_env_setup.make_task_oracle()
         except BaseException:
-            close = getattr(sim, "close", None)
-            if callable(close):
-                close()
+            close_if_closable(sim)
             raise
         return CalvinEpisode(
             sim=sim,
@@ -201,7 +197,7 @@ class CalvinEvaluator(Evaluator):
     def run_episode(
         self, env: CalvinEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
     ) -> dict[str, Any]:
-        limit = self.max_steps if max_steps is None else min(int(max_steps), self.max_steps)
+        limit = capped(self.max_steps, max_steps)
         sim = env.sim
         obs = sim.reset(robot_obs=env.robot_obs.copy(), scene_obs=env.scene_obs.copy())
         subtasks: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@ Protocol (as in the paper's code and OpenVLA / openpi): episode ``k`` of task ``
 is ignored there, as in the reference code), then at most ``MAX_STEPS`` policy steps; the episode
 succeeds as soon as ``env.step`` reports ``done`` (LIBERO's BDDL goal check) and stops there.
 
-Consistency with training (`vlm4vla.data.libero`):
+Consistency with training (`vlm4vla.data.libero`, through the shared `vlm4vla.imaging`):
 
 * image: the simulator renders ``agentview_image`` upside down, exactly like the HDF5 demos'
   ``agentview_rgb``; the policy gets `libero_image_to_upright` of it (180° rotation), the
@@ -30,22 +30,27 @@ Nothing here imports the simulator at module import time; `make_env` imports it 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import os
-import sys
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlm4vla.data.libero import libero_image_to_upright
-from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, signed_gripper_action
+from vlm4vla.errors import ConfigError
+from vlm4vla.evaluation.plugin import (
+    Evaluator,
+    SimulatorImportError,
+    capped,
+    close_if_closable,
+    signed_gripper_action,
+    stdin_closed,
+)
+from vlm4vla.imaging import libero_image_to_upright
 
 SUITE = "libero_10"
 EPISODES_PER_TASK = 50
@@ -155,17 +160,6 @@ def ensure_libero_config(environ: os._Environ[str] | dict[str, str] | None = Non
     return file
 
 
-@contextlib.contextmanager
-def _stdin_closed() -> Iterator[None]:
-    """An ``input()`` inside (a first-import prompt) raises EOFError instead of blocking."""
-    saved = sys.stdin
-    sys.stdin = io.StringIO("")
-    try:
-        yield
-    finally:
-        sys.stdin = saved
-
-
 def import_libero() -> tuple[Any, Any, Any]:
     """``(benchmark, get_libero_path, OffScreenRenderEnv)``, importing LIBERO without any prompt.
 
@@ -176,7 +170,7 @@ def import_libero() -> tuple[Any, Any, Any]:
         raise SimulatorImportError(f"no LIBERO package is installed; {INSTALL_HINT}")
     ensure_libero_config()
     try:
-        with _stdin_closed():
+        with stdin_closed():  # a first-import prompt fails fast instead of blocking
             from libero.libero import benchmark, get_libero_path
             from libero.libero.envs import OffScreenRenderEnv
     except EOFError as err:
@@ -202,9 +196,7 @@ class LiberoEpisode:
     camera_size: int
 
     def close(self) -> None:
-        close = getattr(self.sim, "close", None)
-        if callable(close):
-            close()
+        close_if_closable(self.sim)
 
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
@@ -219,9 +211,9 @@ def _camera_size_from_env() -> int:
     try:
         size = int(text)
     except ValueError:
-        raise ValueError(f"${CAMERA_SIZE_ENV}: expected a positive integer, got {text!r}") from None
+        raise ConfigError(f"${CAMERA_SIZE_ENV}: expected a positive integer, got {text!r}") from None
     if size < 1:
-        raise ValueError(f"${CAMERA_SIZE_ENV}: expected a positive integer, got {size}")
+        raise ConfigError(f"${CAMERA_SIZE_ENV}: expected a positive integer, got {size}")
     return size
 
 
@@ -250,7 +242,7 @@ class LiberoEvaluator(Evaluator):
         self.wait_steps = int(wait_steps)
         self.max_steps = int(max_steps)
         if self.camera_size < 1 or self.wait_steps < 0 or self.max_steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"camera_size and max_steps must be ≥ 1 and wait_steps ≥ 0, got {self.camera_size}, "
                 f"{self.max_steps}, {self.wait_steps}"
             )
@@ -261,8 +253,8 @@ class LiberoEvaluator(Evaluator):
 
     def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
         if task not in LIBERO10_TASKS:
-            raise ValueError(f"unknown LIBERO-10 task {task!r}")
-        n = EPISODES_PER_TASK if episodes_per_task is None else min(int(episodes_per_task), EPISODES_PER_TASK)
+            raise ConfigError(f"unknown LIBERO-10 task {task!r}")
+        n = capped(EPISODES_PER_TASK, episodes_per_task)
         return [{"episode_id": k, "init_state": k} for k in range(n)]
 
     # ---------------------------------------------------------------- compatibility
@@ -271,7 +263,6 @@ class LiberoEvaluator(Evaluator):
             raise SimulatorImportError(f"no LIBERO package is installed; {INSTALL_HINT}")
         os.environ.setdefault("MUJOCO_GL", "egl")  # before the workers spawn: they inherit it
         ensure_libero_config()
-
 
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> LiberoEpisode:
@@ -288,7 +279,7 @@ class LiberoEvaluator(Evaluator):
         init_states = np.asarray(suite.get_task_init_states(index))
         k = int(spec.get("init_state", spec["episode_id"]))
         if not 0 <= k < len(init_states):
-            raise ValueError(f"{task_name}: init state {k} out of range (the suite has {len(init_states)})")
+            raise ConfigError(f"{task_name}: init state {k} out of range (the suite has {len(init_states)})")
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         sim = OffScreenRenderEnv(
             bddl_file_name=bddl,
@@ -312,7 +303,7 @@ class LiberoEvaluator(Evaluator):
     def run_episode(
         self, env: LiberoEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
     ) -> dict[str, Any]:
-        limit = self.max_steps if max_steps is None else min(int(max_steps), self.max_steps)
+        limit = capped(self.max_steps, max_steps)
         sim = env.sim
         sim.reset()
         obs = sim.set_init_state(env.init_state)

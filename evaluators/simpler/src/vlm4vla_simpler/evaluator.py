@@ -19,8 +19,10 @@ Two backends, both optional, chosen with ``$VLM4VLA_SIMPLER_BACKEND`` (plugins t
 
 Consistency with training (`vlm4vla.data.bridge`, normaliser with the ``unit`` gripper):
 
-* image: the 640×480 third-person RGB resized to 224×224 with PIL bilinear, the resize the
-  backbone applies to every input image (the Bridge RLDS ``image_0`` frames go through the same);
+* image: the 640×480 third-person RGB resized to 224×224 with `vlm4vla.imaging.resize_image`
+  (PIL bicubic), the resize the backbone applies to every input image — and what the released
+  evaluation does (``eval/simpler/model_wrapper.py`` → the backbone's ``T.Resize(224, BICUBIC)``).
+  Training saw the Bridge RLDS ``image_0`` frames resized 256² → 224² with Lanczos, as released;
 * arm: ``predict_chunk`` already de-normalises with the bundle's Bridge q01/q99 statistics to delta
   xyz (m) and delta roll/pitch/yaw (rad); the env takes the rotation as an axis-angle vector,
   converted here exactly like SimplerEnv's Octo / RT-1 Bridge policies (transforms3d's
@@ -38,20 +40,26 @@ Nothing here imports a simulator at module import time; `make_env` imports it in
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import os
-import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, checked_action
+from vlm4vla.errors import ConfigError
+from vlm4vla.evaluation.plugin import (
+    Evaluator,
+    SimulatorImportError,
+    capped,
+    checked_action,
+    close_if_closable,
+    stdin_closed,
+)
+from vlm4vla.imaging import resize_image
 
 # SimplerEnv task names in protocol order → ManiSkill3 env id, episode length.
 BRIDGE_TASKS: tuple[str, ...] = (
@@ -145,11 +153,7 @@ def to_policy_image(rgb: Any, size: int = IMAGE_SIZE) -> np.ndarray:
         if np.issubdtype(image.dtype, np.floating) and float(np.nanmax(image, initial=0.0)) <= 1.0:
             image = image * 255.0
         image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    if image.shape[:2] != (size, size):
-        from PIL import Image
-
-        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BILINEAR))
-    return np.ascontiguousarray(image)
+    return resize_image(image, size)  # the backbone's own resize (bicubic): a no-op there
 
 
 def _success(info: Mapping[str, Any]) -> bool:
@@ -179,7 +183,7 @@ def resolve_backend(name: str | None = None) -> str:
             return "maniskill3"
         raise SimulatorImportError(f"no SimplerEnv backend is installed; {INSTALL_HINT}")
     if text not in _BACKEND_ALIASES:
-        raise ValueError(f"${BACKEND_ENV}: expected auto, simpler_env or maniskill3, got {text!r}")
+        raise ConfigError(f"${BACKEND_ENV}: expected auto, simpler_env or maniskill3, got {text!r}")
     backend = _BACKEND_ALIASES[text]
     module = "simpler_env" if backend == "simpler_env" else "mani_skill"
     if not _installed(module):
@@ -270,20 +274,9 @@ def _check_maniskill3_sources() -> None:
         raise SimulatorImportError(_maniskill3_download_hint(missing, Path(ASSET_DIR)))
 
 
-@contextlib.contextmanager
-def _stdin_closed() -> Iterator[None]:
-    """An ``input()`` inside (a download prompt) raises EOFError instead of blocking."""
-    saved = sys.stdin
-    sys.stdin = io.StringIO("")
-    try:
-        yield
-    finally:
-        sys.stdin = saved
-
-
 def _build(factory: Any, backend: str) -> Any:
     try:
-        with _stdin_closed():
+        with stdin_closed():  # a download prompt fails fast instead of blocking
             return factory()
     except EOFError as err:
         where = maniskill3_asset_dir() if backend == "maniskill3" else simpler_env_asset_dir()
@@ -335,9 +328,7 @@ class SimplerEpisode:
         return obs, _success(info)
 
     def close(self) -> None:
-        close = getattr(self.sim, "close", None)
-        if callable(close):
-            close()
+        close_if_closable(self.sim)
 
 
 # -------------------------------------------------------------------- the plugin
@@ -365,8 +356,8 @@ class SimplerBridgeEvaluator(Evaluator):
 
     def episodes(self, task: str, *, episodes_per_task: int | None = None) -> list[dict[str, Any]]:
         if task not in BRIDGE_TASKS:
-            raise ValueError(f"unknown SimplerEnv-Bridge task {task!r}; expected one of {', '.join(BRIDGE_TASKS)}")
-        n = EPISODES_PER_TASK if episodes_per_task is None else min(int(episodes_per_task), EPISODES_PER_TASK)
+            raise ConfigError(f"unknown SimplerEnv-Bridge task {task!r}; expected one of {', '.join(BRIDGE_TASKS)}")
+        n = capped(EPISODES_PER_TASK, episodes_per_task)
         return [{"episode_id": k, "max_steps": MAX_STEPS[task]} for k in range(max(n, 0))]
 
     # ---------------------------------------------------------------- compatibility
@@ -375,12 +366,11 @@ class SimplerBridgeEvaluator(Evaluator):
         ensure_assets(backend)  # sets the env vars before the workers spawn: they inherit them
         self.backend = backend  # workers get the resolved backend with the pickled evaluator
 
-
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> SimplerEpisode:
         task = str(spec["task"])
         if task not in BRIDGE_TASKS:
-            raise ValueError(f"unknown SimplerEnv-Bridge task {task!r}")
+            raise ConfigError(f"unknown SimplerEnv-Bridge task {task!r}")
         backend = resolve_backend(self.backend)
         ensure_assets(backend)
         if backend == "maniskill3":
@@ -406,7 +396,7 @@ class SimplerBridgeEvaluator(Evaluator):
         self, env: SimplerEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
     ) -> dict[str, Any]:
         protocol = MAX_STEPS[env.task]
-        limit = protocol if max_steps is None else min(int(max_steps), protocol)
+        limit = capped(protocol, max_steps)
         obs = env.reset()
         instruction = env.instruction()
         success, steps = False, 0

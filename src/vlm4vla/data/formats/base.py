@@ -1,4 +1,5 @@
-"""The contract every on-disk episode format implements.
+"""The contract every episode reader implements, and what readers share: the error type,
+action checks, JSON metadata and image decoding.
 
 Datamodules for LIBERO and Bridge read episodes through this protocol, so a new format
 (or a Hub port with other key names) only needs a new reader. CALVIN is frame-indexed with
@@ -7,13 +8,18 @@ separate language windows and has its own reader.
 
 from __future__ import annotations
 
+import json
+from io import BytesIO
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from PIL import Image
+
+from vlm4vla.errors import VLM4VLAError, one_line
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(VLM4VLAError, ValueError):
     """Bad or missing data on disk. The message names the file and the field."""
 
 
@@ -48,9 +54,40 @@ class EpisodeReader(Protocol):
 #                                    error and log messages, see :func:`describe_episode`.
 #   close() -> None                  release open file handles (called after index building in
 #                                    the main process, before DataLoader workers fork).
+#   states(episode, key=None)        the episode's observation states, float32 (T, D), from the
+#     -> np.ndarray                  reader's state field (``key`` overrides its default: RLDS
+#                                    ``steps/observation/state``, LeRobot ``observation.state``);
+#                                    needed by action transforms that relabel from states
+#                                    (Bridge ``bridge_orig``).
 # Optional attribute:
 #   stored_rotated_180: bool         frames are stored upside down (LIBERO HDF5); datamodules
 #                                    rotate them by 180° to upright. Absent means False.
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON metadata file (``what`` names it in the error: ``"info.json"``)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise DatasetFormatError(f"{path}: {what} not found") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetFormatError(f"{path}: cannot read {what} ({one_line(err)})") from err
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG) as uint8 RGB (H, W, 3); ``where`` names the field in the error."""
+    try:
+        with Image.open(BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # PIL raises many types on corrupt data
+        raise DatasetFormatError(f"{where} is not a decodable image ({err})") from err
+
+
+def close_reader(reader: EpisodeReader) -> None:
+    """Release a reader's open files if it has the optional ``close()`` (they reopen lazily)."""
+    close = getattr(reader, "close", None)
+    if callable(close):
+        close()
 
 
 def describe_episode(reader: EpisodeReader, episode: int) -> str:

@@ -5,14 +5,12 @@ Layout (``datasets.md``): ``data`` group with the ``problem_info`` JSON attribut
 ``obs/agentview_rgb`` / ``obs/eye_in_hand_rgb`` (T, 128, 128, 3) uint8 stored upside down.
 
 :meth:`LiberoHDF5Reader.frame` returns the image *as stored* (rotated 180°); the LIBERO
-datamodule turns it upright. Files are opened lazily, once per process: handles are dropped
-when the reader is pickled into a DataLoader worker and reopened there on first use.
+datamodule turns it upright. Files are opened lazily, once per process (:class:`~.handles.HandleCache`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,13 +18,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from vlm4vla.data.formats.base import DatasetFormatError, check_actions
+from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader, check_actions, one_line
+from vlm4vla.data.formats.handles import HandleCache
+from vlm4vla.data.formats.registry import EpisodeFormat, register_format
 
 LIBERO_IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _demo_number(name: str) -> tuple[int, str]:
@@ -85,8 +81,7 @@ class LiberoHDF5Reader:
         self._instructions: list[str] = []
         # (file position, demo group name, length) per episode
         self._episodes: list[tuple[int, str, int]] = []
-        self._handles: dict[int, h5py.File] = {}
-        self._pid = os.getpid()
+        self._handles: HandleCache[int, h5py.File] = HandleCache()  # file position → open file
         for file_pos, path in enumerate(self.files):
             self._scan(file_pos, path)
         self.close()
@@ -104,7 +99,7 @@ class LiberoHDF5Reader:
             instruction = info["language_instruction"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DatasetFormatError(
-                f"{path}: field 'data.attrs[problem_info]' has no JSON 'language_instruction' ({_one_line(err)})"
+                f"{path}: field 'data.attrs[problem_info]' has no JSON 'language_instruction' ({one_line(err)})"
             ) from err
         if isinstance(instruction, (list, tuple)):
             instruction = " ".join(str(w) for w in instruction)
@@ -137,36 +132,20 @@ class LiberoHDF5Reader:
             self._episodes.append((file_pos, demo, int(actions.shape[0])))
 
     def _file(self, file_pos: int) -> h5py.File:
-        if self._pid != os.getpid():  # forked: never share HDF5 handles across processes
-            self._handles = {}
-            self._pid = os.getpid()
-        handle = self._handles.get(file_pos)
-        if handle is None:
-            path = self.files[file_pos]
-            try:
-                handle = h5py.File(path, "r")
-            except FileNotFoundError as err:
-                raise DatasetFormatError(f"{path}: HDF5 file not found") from err
-            except OSError as err:
-                raise DatasetFormatError(f"{path}: cannot open HDF5 file: {_one_line(err)}") from err
-            self._handles[file_pos] = handle
-        return handle
+        return self._handles.get(file_pos, self._open)
+
+    def _open(self, file_pos: int) -> h5py.File:
+        path = self.files[file_pos]
+        try:
+            return h5py.File(path, "r")
+        except FileNotFoundError as err:
+            raise DatasetFormatError(f"{path}: HDF5 file not found") from err
+        except OSError as err:
+            raise DatasetFormatError(f"{path}: cannot open HDF5 file: {one_line(err)}") from err
 
     def close(self) -> None:
         """Close the open files of this process (they reopen lazily)."""
-        if self._pid == os.getpid():
-            for handle in self._handles.values():
-                handle.close()
-        self._handles = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
+        self._handles.close()
 
     # -- EpisodeReader --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -195,7 +174,7 @@ class LiberoHDF5Reader:
             raise
         except (OSError, KeyError, ValueError) as err:
             raise DatasetFormatError(
-                f"{self.files[file_pos]}: cannot read field 'data/{demo}/{field}': {_one_line(err)}"
+                f"{self.files[file_pos]}: cannot read field 'data/{demo}/{field}': {one_line(err)}"
             ) from err
 
     def actions(self, episode: int) -> np.ndarray:
@@ -215,4 +194,27 @@ class LiberoHDF5Reader:
         return f"LiberoHDF5Reader({str(self.root)!r}, episodes={len(self)}, image_key={self.image_key!r})"
 
 
-__all__ = ["LIBERO_IMAGE_KEYS", "LiberoHDF5Reader", "list_hdf5_files"]
+@register_format("hdf5")
+class LiberoHDF5Format(EpisodeFormat):
+    """A ``*.hdf5`` file, or a directory of them (one LIBERO suite)."""
+
+    looks_for = "*.hdf5"
+
+    def detect(self, root: Path) -> bool:
+        if root.is_file():
+            return root.suffix == ".hdf5"
+        return root.is_dir() and any(root.glob("*.hdf5"))
+
+    def open(
+        self,
+        root: Path,
+        *,
+        split: str = "train",
+        image_key: str | None = None,
+        action_key: str | None = None,
+        instruction_key: str | None = None,
+    ) -> EpisodeReader:
+        return LiberoHDF5Reader(root, image_key=image_key or "agentview_rgb", action_key=action_key or "actions")
+
+
+__all__ = ["LIBERO_IMAGE_KEYS", "LiberoHDF5Format", "LiberoHDF5Reader", "list_hdf5_files"]

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm4vla.data.formats.base import DatasetFormatError
+from vlm4vla.data.formats.base import DatasetFormatError, one_line
 
 LANG_ANN_PATH = Path("lang_annotations") / "auto_lang_ann.npy"
 EP_START_END_PATH = Path("ep_start_end_ids.npy")
 CALVIN_IMAGE_KEYS = ("rgb_static", "rgb_gripper")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 class CalvinReader:
@@ -51,7 +47,7 @@ class CalvinReader:
         try:
             ranges = np.load(path, allow_pickle=False)
         except Exception as err:
-            raise DatasetFormatError(f"{path}: cannot read episode ranges: {_one_line(err)}") from err
+            raise DatasetFormatError(f"{path}: cannot read episode ranges: {one_line(err)}") from err
         ranges = np.asarray(ranges)
         if ranges.ndim != 2 or ranges.shape[1] != 2 or not np.issubdtype(ranges.dtype, np.integer):
             raise DatasetFormatError(
@@ -66,7 +62,7 @@ class CalvinReader:
         try:
             ann = np.load(path, allow_pickle=True).item()
         except Exception as err:
-            raise DatasetFormatError(f"{path}: cannot read language annotations: {_one_line(err)}") from err
+            raise DatasetFormatError(f"{path}: cannot read language annotations: {one_line(err)}") from err
         if not isinstance(ann, dict):
             raise DatasetFormatError(f"{path}: expected a pickled dict, got {type(ann).__name__}")
         try:
@@ -126,7 +122,7 @@ class CalvinReader:
         except FileNotFoundError as err:
             raise DatasetFormatError(f"{path}: frame file not found (needed for field '{key}')") from err
         except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as err:
-            raise DatasetFormatError(f"{path}: cannot read field '{key}': {_one_line(err)}") from err
+            raise DatasetFormatError(f"{path}: cannot read field '{key}': {one_line(err)}") from err
 
     def frame(self, frame: int) -> np.ndarray:
         """The configured camera image (default ``rgb_static``), uint8 (H, W, 3) as stored."""

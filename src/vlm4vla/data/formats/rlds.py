@@ -1,46 +1,40 @@
-"""RLDS / TFDS reader (Bridge-V2 ``bridge_dataset/1.0.0/``, LIBERO ``libero_10_no_noops/1.0.0/``).
+"""RLDS reader (Bridge-V2 ``bridge_dataset/1.0.0/``, LIBERO ``libero_10_no_noops/1.0.0/``).
 
-A TFDS dataset directory holds ``dataset_info.json``, ``features.json`` and sharded tfrecord
-files, named by the split's ``filepathTemplate`` in ``dataset_info.json``: TFDS writes
-``<name>-<split>.tfrecord-00000-of-0000N``, the ``rlds`` EpisodeWriter / envlogger
-``<name>-<split>.tfrecord-00000``. Each TFRecord record is framed as::
-
-    uint64 length | uint32 masked_crc32c(length bytes) | payload | uint32 masked_crc32c(payload)
-
-and its payload is one serialized ``tf.train.Example`` per episode, whose step fields are
-flattened with the ``steps/`` prefix and concatenated over time (``steps/action`` holds T·7
-floats, ``steps/observation/image_0`` T JPEG strings, ...). Shapes come from ``features.json``.
-
-No TensorFlow is needed: the ``tensorflow.Example`` message classes are built at runtime from a
-``FileDescriptorProto`` in a private descriptor pool, and CRCs are checked with ``crc32c``.
+Each record of a split's shards (directory layout in :mod:`.tfds`, framing and protobuf in
+:mod:`.tfrecord`) is one ``tf.train.Example`` per episode, whose step fields are flattened with
+the ``steps/`` prefix and concatenated over time (``steps/action`` holds T·7 floats,
+``steps/observation/image_0`` T JPEG strings, ...). Shapes come from ``features.json``.
 
 The record index (file, offset, length per episode) is built on first use from the framing
-alone (12 bytes read per record). An episode's payload is read and parsed only when one of its
-fields is asked for; the last parsed episode is cached per process. Files are read with
-``os.pread`` through descriptors opened lazily per process, so a reader can be pickled into
-DataLoader workers (descriptors are dropped and reopened there).
+alone. An episode's payload is read and parsed only when one of its fields is asked for; the
+last parsed episode is cached per process. Files are read with ``os.pread`` through
+descriptors opened lazily per process (:class:`~.handles.HandleCache`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
-import re
-import struct
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import crc32c
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from PIL import Image
 
-from vlm4vla.data.formats.base import DatasetFormatError, check_actions
+from vlm4vla.data.formats import tfrecord
+from vlm4vla.data.formats.base import DatasetFormatError, EpisodeReader, check_actions, decode_image
+from vlm4vla.data.formats.handles import HandleCache
+from vlm4vla.data.formats.registry import EpisodeFormat, register_format
+from vlm4vla.data.formats.tfds import (
+    below_hint,
+    expected_shards,
+    has_split,
+    parse_features_json,
+    read_dataset_info,
+    resolve_rlds_root,
+    split_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,249 +48,10 @@ PRIMARY_IMAGE_KEYS = (
 )
 ACTION_KEY = "steps/action"
 INSTRUCTION_KEY = "steps/language_instruction"
+STATE_KEY = "steps/observation/state"
 
 #: Decoded frames whose pixel values span at most this range are blank (one colour).
 BLANK_TOLERANCE = 2
-
-_HEADER = struct.Struct("<QI")
-_FOOTER = struct.Struct("<I")
-_CRC_MASK_DELTA = 0xA282EAD8
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC32C: ``((crc >> 15) | (crc << 17)) + 0xa282ead8`` (mod 2**32)."""
-    crc = crc32c.crc32c(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
-# -- tf.train.Example without TensorFlow ------------------------------------------------------
-def _example_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    """tensorflow/core/example/{feature,example}.proto (package ``tensorflow``), proto3."""
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="vlm4vla/tensorflow_example.proto", package="tensorflow", syntax="proto3"
-    )
-    F = descriptor_pb2.FieldDescriptorProto
-
-    def message(name: str, fields: list[tuple[str, int, int, int, str | None]]) -> descriptor_pb2.DescriptorProto:
-        msg = fdp.message_type.add(name=name)
-        for field_name, number, label, ftype, type_name in fields:
-            field = msg.field.add(name=field_name, number=number, label=label, type=ftype)
-            if type_name:
-                field.type_name = type_name
-        return msg
-
-    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
-    message("BytesList", [("value", 1, rep, F.TYPE_BYTES, None)])
-    message("FloatList", [("value", 1, rep, F.TYPE_FLOAT, None)])
-    message("Int64List", [("value", 1, rep, F.TYPE_INT64, None)])
-    feature = message(
-        "Feature",
-        [
-            ("bytes_list", 1, opt, F.TYPE_MESSAGE, ".tensorflow.BytesList"),
-            ("float_list", 2, opt, F.TYPE_MESSAGE, ".tensorflow.FloatList"),
-            ("int64_list", 3, opt, F.TYPE_MESSAGE, ".tensorflow.Int64List"),
-        ],
-    )
-    feature.oneof_decl.add(name="kind")
-    for field in feature.field:
-        field.oneof_index = 0
-    features = message("Features", [("feature", 1, rep, F.TYPE_MESSAGE, ".tensorflow.Features.FeatureEntry")])
-    entry = features.nested_type.add(name="FeatureEntry")
-    entry.field.add(name="key", number=1, label=opt, type=F.TYPE_STRING)
-    entry.field.add(name="value", number=2, label=opt, type=F.TYPE_MESSAGE, type_name=".tensorflow.Feature")
-    entry.options.map_entry = True
-    message("Example", [("features", 1, opt, F.TYPE_MESSAGE, ".tensorflow.Features")])
-    return fdp
-
-
-def _build_example_classes() -> dict[str, type]:
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(_example_file_descriptor())
-    names = ("Example", "Features", "Feature", "BytesList", "FloatList", "Int64List")
-    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{n}")) for n in names}
-
-
-_EXAMPLE_CLASSES = _build_example_classes()
-Example = _EXAMPLE_CLASSES["Example"]
-Feature = _EXAMPLE_CLASSES["Feature"]
-BytesList = _EXAMPLE_CLASSES["BytesList"]
-FloatList = _EXAMPLE_CLASSES["FloatList"]
-Int64List = _EXAMPLE_CLASSES["Int64List"]
-
-
-# -- features.json --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One leaf of ``features.json``, keyed by its flattened name (``steps/observation/state``)."""
-
-    kind: str  # "image", "tensor" (Tensor and Scalar), "text"
-    shape: tuple[int, ...]  # per step for ``steps/`` fields; -1 for unknown dimensions
-    dtype: str
-    encoding: str = ""  # image encoding format ("jpeg", "png")
-    in_steps: bool = False
-
-
-def _shape(node: dict[str, Any]) -> tuple[int, ...]:
-    dims = node.get("shape", {}).get("dimensions", [])
-    return tuple(int(d) for d in dims)
-
-
-def parse_features_json(path: Path) -> dict[str, FeatureSpec]:
-    """Flatten a TFDS ``features.json`` (FeaturesDict / Dataset / Tensor / Image / Text)."""
-    try:
-        tree = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise DatasetFormatError(f"{path}: features.json not found") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetFormatError(f"{path}: cannot read features.json ({' '.join(str(err).split())})") from err
-    specs: dict[str, FeatureSpec] = {}
-
-    def walk(node: Any, prefix: str, in_steps: bool) -> None:
-        if not isinstance(node, dict):
-            raise DatasetFormatError(f"{path}: field '{prefix or '<root>'}' is not a feature object")
-        if "featuresDict" in node:
-            children = node["featuresDict"].get("features", {})
-            for name, child in children.items():
-                walk(child, f"{prefix}/{name}" if prefix else name, in_steps)
-        elif "sequence" in node:  # tfds.features.Dataset (RLDS ``steps``) or Sequence
-            walk(node["sequence"].get("feature", {}), prefix, True)
-        elif "image" in node:
-            image = node["image"]
-            specs[prefix] = FeatureSpec(
-                "image",
-                _shape(image),
-                image.get("dtype", "uint8"),
-                image.get("encodingFormat", "png"),
-                in_steps,
-            )
-        elif "tensor" in node:
-            tensor = node["tensor"]
-            specs[prefix] = FeatureSpec("tensor", _shape(tensor), tensor.get("dtype", "float32"), "", in_steps)
-        elif "text" in node:
-            specs[prefix] = FeatureSpec("text", (), "string", "", in_steps)
-        else:
-            known = ", ".join(sorted(k for k in node if k not in ("pythonClassName", "description")))
-            raise DatasetFormatError(f"{path}: field '{prefix or '<root>'}' has an unsupported feature type ({known})")
-
-    walk(tree, "", False)
-    if not specs:
-        raise DatasetFormatError(f"{path}: no features declared")
-    return specs
-
-
-# -- split files ------------------------------------------------------------------------------
-def _read_dataset_info(root: Path) -> dict[str, Any]:
-    path = root / "dataset_info.json"
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise DatasetFormatError(f"{path}: dataset_info.json not found") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetFormatError(f"{path}: cannot read dataset_info.json ({' '.join(str(err).split())})") from err
-    if not isinstance(info, dict) or not info.get("name"):
-        raise DatasetFormatError(f"{path}: missing field 'name'")
-    return info
-
-
-_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})$")
-_MIN_SHARD_DIGITS = 5  # TFDS pads shard numbers to max(5, digits of the shard count)
-
-
-def _file_format(info: dict[str, Any]) -> str:
-    return str(info.get("fileFormat") or "tfrecord").lower()  # TFDS's default when absent
-
-
-def _declared_split(info: dict[str, Any], split: str) -> dict[str, Any] | None:
-    return next((s for s in info.get("splits", []) if isinstance(s, dict) and s.get("name") == split), None)
-
-
-def _template_files(root: Path, info: dict[str, Any], split: str) -> list[Path] | None:
-    """Shard paths as TFDS names them from ``filepathTemplate`` and ``shardLengths``
-    (``{DATASET}``, ``{SPLIT}``, ``{FILEFORMAT}``, ``{SHARD_INDEX}``, ``{NUM_SHARDS}``,
-    ``{SHARD_X_OF_Y}``), or None when ``dataset_info.json`` does not declare them."""
-    declared = _declared_split(info, split)
-    if not declared or not declared.get("filepathTemplate") or "shardLengths" not in declared:
-        return None
-    template, count = str(declared["filepathTemplate"]), len(declared["shardLengths"])
-    digits = max(len(str(count)), _MIN_SHARD_DIGITS)
-    total = f"{count:0{digits}d}"
-    values = {"DATASET": info["name"], "SPLIT": split, "FILEFORMAT": _file_format(info)}
-    files = []
-    for shard in range(count):
-        index = f"{shard:0{digits}d}"
-        try:
-            name = template.format(**values, SHARD_INDEX=index, NUM_SHARDS=total, SHARD_X_OF_Y=f"{index}-of-{total}")
-        except (KeyError, IndexError, ValueError) as err:
-            raise DatasetFormatError(
-                f"{root / 'dataset_info.json'}: field 'splits[{split}].filepathTemplate' is {template!r}, "
-                f"expected TFDS variables {{DATASET}}, {{SPLIT}}, {{FILEFORMAT}}, {{SHARD_INDEX}}, "
-                f"{{NUM_SHARDS}}, {{SHARD_X_OF_Y}} ({' '.join(str(err).split())})"
-            ) from err
-        files.append(root / name)
-    return files
-
-
-def _split_files(root: Path, info: dict[str, Any], split: str) -> tuple[list[Path], list[int] | None]:
-    """Shard files of ``split`` in shard order, and their declared record counts if known.
-
-    The files ``dataset_info.json`` names (``filepathTemplate`` × ``shardLengths``, as TFDS
-    reads them) when they exist; else ``<name>-<split>.tfrecord-NNNNN-of-NNNNN`` by glob.
-    """
-    name = info["name"]
-    if _file_format(info) != "tfrecord":
-        raise DatasetFormatError(
-            f"{root / 'dataset_info.json'}: field 'fileFormat' is {info.get('fileFormat')!r}, expected 'tfrecord'"
-        )
-    declared = _declared_split(info, split)
-    lengths = [int(n) for n in declared["shardLengths"]] if declared and "shardLengths" in declared else None
-    named = _template_files(root, info, split)
-    if named is not None:
-        present = [f.is_file() for f in named]
-        if all(present):
-            return named, lengths
-        if any(present):
-            missing = [i for i, ok in enumerate(present) if not ok]
-            raise DatasetFormatError(
-                f"{root}: split '{split}' is missing shard(s) {missing} of {len(named)} "
-                f"({named[missing[0]].name} named by dataset_info.json 'filepathTemplate')"
-            )
-        # None of them: the files were renamed or the template hand-written; try the glob.
-    files = sorted(root.glob(f"{name}-{split}.tfrecord-*-of-*"))
-    files = [f for f in files if _SHARD_RE.search(f.name)]
-    if files:
-        total = int(_SHARD_RE.search(files[0].name).group(2))
-        numbers = [int(_SHARD_RE.search(f.name).group(1)) for f in files]
-        if numbers != list(range(total)):
-            missing = sorted(set(range(total)) - set(numbers))
-            raise DatasetFormatError(
-                f"{root}: split '{split}' is missing shard(s) {missing} of {total} "
-                f"({name}-{split}.tfrecord-NNNNN-of-{total:05d})"
-            )
-        if lengths is not None and len(lengths) != total:
-            raise DatasetFormatError(
-                f"{root / 'dataset_info.json'}: field 'splits[{split}].shardLengths' lists {len(lengths)} "
-                f"shards but {total} files exist"
-            )
-    return files, lengths
-
-
-def _expected_shards(root: Path, info: dict[str, Any], split: str) -> str:
-    """What the shards of ``split`` would be called, for the "no shards" message."""
-    named = _template_files(root, info, split)
-    if named:
-        return f"{named[0].name}, ... from dataset_info.json 'filepathTemplate'"
-    return f"{info['name']}-{split}.tfrecord-*-of-*"
-
-
-def has_split(root: str | Path, split: str) -> bool:
-    """Whether the TFDS directory ``root`` holds tfrecord shards for ``split``."""
-    root = Path(root)
-    try:
-        info = _read_dataset_info(root)
-    except DatasetFormatError:
-        return False
-    return bool(_split_files(root, info, split)[0])
-
 
 def is_blank(image: np.ndarray) -> bool:
     """One colour everywhere (what RLDS builders write for a missing camera)."""
@@ -306,6 +61,13 @@ def is_blank(image: np.ndarray) -> bool:
 def _step_key(key: str) -> str:
     """``action`` → ``steps/action``; flattened names (``steps/…``, ``episode_metadata/…``) as given."""
     return key if key.startswith(("steps/", "episode_metadata/")) else f"steps/{key}"
+
+
+def _observation_key(key: str) -> str:
+    """``state`` / ``observation/state`` → ``steps/observation/state``; ``steps/…`` as given."""
+    if key.startswith("steps/"):
+        return key
+    return f"steps/{key}" if key.startswith("observation/") else f"steps/observation/{key}"
 
 
 # -- reader -------------------------------------------------------------------------------------
@@ -359,13 +121,13 @@ class RLDSReader:
         self.split = split
         if not self.root.is_dir():
             raise DatasetFormatError(f"{self.root}: RLDS dataset directory not found")
-        self.info = _read_dataset_info(self.root)
+        self.info = read_dataset_info(self.root)
         self.name: str = self.info["name"]
         self.features = parse_features_json(self.root / "features.json")
-        self.files, self._shard_lengths = _split_files(self.root, self.info, split)
+        self.files, self._shard_lengths = split_files(self.root, self.info, split)
         if not self.files:
             raise DatasetFormatError(
-                f"{self.root}: no shards for split '{split}' ({_expected_shards(self.root, self.info, split)})"
+                f"{self.root}: no shards for split '{split}' ({expected_shards(self.root, self.info, split)})"
             )
         self.image_key = self._resolve_image_key(image_key)
         self.action_key = _step_key(action_key or ACTION_KEY)
@@ -388,9 +150,8 @@ class RLDSReader:
         self.skipped_episodes: set[int] = set()  # flagged missing and really blank
         self.flag_ignored_episodes: set[int] = set()  # flagged missing but with real frames
         self._records: list[_Record] | None = None
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
-        self._cached: tuple[int, Any] | None = None  # (episode, parsed Example)
+        self._fds: HandleCache[int, int] = HandleCache(close=os.close)  # shard position → descriptor
+        self._examples: HandleCache[int, Any] = HandleCache(max_open=1, close=None)  # last parsed episode
         self._lengths: dict[int, int] = {}
 
     def _check_feature(self, key: str, kinds: tuple[str, ...], in_steps: bool | None = True) -> None:
@@ -423,62 +184,29 @@ class RLDSReader:
         raise DatasetFormatError(f"{self.root / 'features.json'}: no per-step image feature (steps/observation/*)")
 
     # -- files and index -------------------------------------------------------------------------
-    def _fd(self, file: int) -> int:
-        if self._pid != os.getpid():  # forked: descriptors of the parent are not ours to use
-            self._fds = {}
-            self._cached = None
-            self._pid = os.getpid()
-        fd = self._fds.get(file)
-        if fd is None:
-            path = self.files[file]
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError as err:
-                raise DatasetFormatError(f"{path}: tfrecord shard not found") from err
-            except OSError as err:
-                raise DatasetFormatError(f"{path}: cannot open tfrecord shard ({err.strerror})") from err
-            self._fds[file] = fd
-        return fd
+    def _open_shard(self, file: int) -> int:
+        path = self.files[file]
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError as err:
+            raise DatasetFormatError(f"{path}: tfrecord shard not found") from err
+        except OSError as err:
+            raise DatasetFormatError(f"{path}: cannot open tfrecord shard ({err.strerror})") from err
 
     def _pread(self, file: int, size: int, offset: int) -> bytes:
-        fd = self._fd(file)
-        chunks = []
-        while size > 0:
-            chunk = os.pread(fd, size, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size -= len(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
+        return tfrecord.pread(self._fds.get(file, self._open_shard), size, offset)
 
     def _scan(self, file: int) -> list[_Record]:
         """Index one shard from its framing, checking length CRCs and truncation."""
         path = self.files[file]
-        size = os.fstat(self._fd(file)).st_size
-        records: list[_Record] = []
-        offset = 0
-        while offset < size:
-            header = self._pread(file, _HEADER.size, offset)
-            if len(header) < _HEADER.size:
-                raise DatasetFormatError(f"{path}: truncated record header at offset {offset}")
-            length, length_crc = _HEADER.unpack(header)
-            if masked_crc32c(header[:8]) != length_crc:
-                raise DatasetFormatError(f"{path}: record at offset {offset}: length CRC32C mismatch")
-            end = offset + _HEADER.size + length + _FOOTER.size
-            if end > size:
-                raise DatasetFormatError(
-                    f"{path}: record at offset {offset} is truncated ({length} payload bytes announced, "
-                    f"{size - offset - _HEADER.size - _FOOTER.size} present)"
-                )
-            records.append(_Record(file, offset, length))
-            offset = end
-        if self._shard_lengths is not None and len(records) != self._shard_lengths[file]:
+        size = os.fstat(self._fds.get(file, self._open_shard)).st_size
+        found = tfrecord.scan_records(lambda n, offset: self._pread(file, n, offset), size, path)
+        if self._shard_lengths is not None and len(found) != self._shard_lengths[file]:
             raise DatasetFormatError(
-                f"{path}: holds {len(records)} records but dataset_info.json field "
+                f"{path}: holds {len(found)} records but dataset_info.json field "
                 f"'splits[{self.split}].shardLengths' says {self._shard_lengths[file]}"
             )
-        return records
+        return [_Record(file, offset, length) for offset, length in found]
 
     def _index(self) -> list[_Record]:
         if self._records is None:
@@ -490,25 +218,8 @@ class RLDSReader:
 
     def close(self) -> None:
         """Close this process's file descriptors and drop the cached episode (they reopen lazily)."""
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
-        self._cached = None
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown ``os`` may be gone
-            self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_fds"] = {}
-        state["_cached"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
+        self._fds.close()
+        self._examples.close()
 
     # -- parsing -------------------------------------------------------------------------------
     def _record(self, episode: int) -> _Record:
@@ -522,27 +233,15 @@ class RLDSReader:
         return f"{self.files[record.file]}@{record.offset}"
 
     def _example(self, episode: int) -> Any:
-        if self._cached is not None and self._cached[0] == episode and self._pid == os.getpid():
-            return self._cached[1]
+        return self._examples.get(episode, self._parse)
+
+    def _parse(self, episode: int) -> Any:
         record = self._record(episode)
         path = self.files[record.file]
-        start = record.offset + _HEADER.size
-        blob = self._pread(record.file, record.length + _FOOTER.size, start)
-        if len(blob) != record.length + _FOOTER.size:
-            raise DatasetFormatError(f"{path}: record at offset {record.offset} is truncated")
-        payload = blob[: record.length]
-        (stored,) = _FOOTER.unpack(blob[record.length :])
-        if masked_crc32c(payload) != stored:
-            raise DatasetFormatError(f"{path}: record at offset {record.offset}: payload CRC32C mismatch")
-        example = Example()
-        try:
-            example.ParseFromString(payload)
-        except Exception as err:  # protobuf raises DecodeError or RuntimeError
-            raise DatasetFormatError(
-                f"{path}: record at offset {record.offset} is not a tf.train.Example ({err})"
-            ) from err
-        self._cached = (episode, example)
-        return example
+        payload = tfrecord.read_record(
+            lambda n, offset: self._pread(record.file, n, offset), record.offset, record.length, path
+        )
+        return tfrecord.parse_example(payload, f"{path}: record at offset {record.offset}")
 
     def _feature(self, episode: int, key: str, kind: str) -> Any:
         """The repeated ``value`` container of ``key`` (``kind``: bytes_list/float_list/int64_list)."""
@@ -663,6 +362,21 @@ class RLDSReader:
         values = self._numeric(episode, key)
         return values.astype(np.float32) if values.dtype.kind == "f" else values
 
+    def states(self, episode: int, key: str | None = None) -> np.ndarray:
+        """The observation states (default ``steps/observation/state``; ``key`` may omit the
+        ``steps/observation/`` prefix) as float32 (T, D), one row per step of the episode."""
+        key = _observation_key(key or STATE_KEY)
+        self._check_feature(key, ("tensor",))
+        values = self._numeric(episode, key)
+        states = values.reshape(len(values), -1).astype(np.float32)
+        steps = len(self._numeric(episode, self.action_key).reshape(-1, 7))
+        if len(states) != steps:
+            raise DatasetFormatError(
+                f"{self.episode_source(episode)}: field '{key}' has {len(states)} steps but "
+                f"'{self.action_key}' has {steps}"
+            )
+        return states
+
     def frame(self, episode: int, step: int) -> np.ndarray:
         """``image_key`` at ``step``, decoded (uint8 (H, W, 3)), as stored (upright)."""
         return self.image(episode, step, self.image_key)
@@ -683,13 +397,7 @@ class RLDSReader:
         return self._decode(episode, step, key, values[step])
 
     def _decode(self, episode: int, step: int, key: str, data: bytes) -> np.ndarray:
-        try:
-            with Image.open(BytesIO(data)) as img:
-                array = np.asarray(img.convert("RGB"))
-        except Exception as err:  # PIL raises many types on corrupt data
-            raise DatasetFormatError(
-                f"{self.episode_source(episode)}: field '{key}' step {step} is not a decodable image ({err})"
-            ) from err
+        array = decode_image(data, f"{self.episode_source(episode)}: field '{key}' step {step}")
         spec = self.features.get(key)
         if spec is not None and len(spec.shape) == 3 and -1 not in spec.shape and array.shape != spec.shape:
             raise DatasetFormatError(
@@ -703,19 +411,46 @@ class RLDSReader:
         return f"RLDSReader({str(self.root)!r}, split={self.split!r}, episodes={count}, image_key={self.image_key!r})"
 
 
-__all__ = [
-    "ACTION_KEY",
-    "INSTRUCTION_KEY",
-    "PRIMARY_IMAGE_KEYS",
-    "BytesList",
-    "Example",
-    "Feature",
-    "FeatureSpec",
-    "FloatList",
-    "Int64List",
-    "RLDSReader",
-    "has_split",
-    "is_blank",
-    "masked_crc32c",
-    "parse_features_json",
-]
+# -- format registration --------------------------------------------------------------------
+@register_format("rlds")
+class RLDSFormat(EpisodeFormat):
+    """A TFDS directory, or its parent holding version directories; splits are its own."""
+
+    looks_for = "features.json + *.tfrecord-*"
+    accepts_instruction_key = True
+
+    def detect(self, root: Path) -> bool:
+        try:
+            resolve_rlds_root(root)
+        except DatasetFormatError:
+            return False
+        return True
+
+    def open(
+        self,
+        root: Path,
+        *,
+        split: str = "train",
+        image_key: str | None = None,
+        action_key: str | None = None,
+        instruction_key: str | None = None,
+    ) -> EpisodeReader:
+        return RLDSReader(
+            resolve_rlds_root(root),
+            split=split,
+            image_key=image_key,
+            action_key=action_key,
+            instruction_key=instruction_key,
+        )
+
+    def data_root(self, root: Path) -> Path:
+        return resolve_rlds_root(root)
+
+    def has_split(self, root: Path, split: str) -> bool:
+        return has_split(resolve_rlds_root(root), split)
+
+    def not_found_hint(self, root: Path) -> str:
+        return below_hint(root)
+
+
+__all__ = ["ACTION_KEY", "INSTRUCTION_KEY", "PRIMARY_IMAGE_KEYS", "STATE_KEY", "RLDSFormat", "RLDSReader", "is_blank"]

@@ -10,10 +10,12 @@ predicted probability back into the dataset's / simulator's units.
 - CALVIN (:func:`calvin_normalizer`): relative actions clipped to ±0.65, divided by 0.65.
   Gripper ``signed``: raw -1/+1 → 0/1 (+1 → 1). In CALVIN +1 means *open*.
 - LIBERO (:func:`QuantileNormalizer.from_actions`): per-dimension 1st/99th percentiles of the
-  training actions mapped to -1/+1 and clipped. Gripper ``signed``: -1 (open) → 0,
-  +1 (close) → 1.
+  training actions mapped to -1/+1 and clipped, then (``action_clip=0.65``, the released
+  code's ``norm_action``) clipped to ±0.65 and divided by 0.65. Gripper ``signed``:
+  -1 (open) → 0, +1 (close) → 1.
 - Bridge: the same quantile normaliser. Gripper ``unit``: absolute opening 0..1 binarised at
-  0.5 (1 = open).
+  0.5 (1 = open); after OpenVLA's ``bridge_orig`` transform the target is 1 only for a
+  binarised 1.0 (``target_threshold=1.0``), as in the released code.
 
 Every normaliser is JSON-serialisable: ``normalizer_from_dict(n.to_dict())`` rebuilds it,
 which is how statistics travel into checkpoints and policy bundles.
@@ -29,6 +31,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
+from vlm4vla.errors import ConfigError
+
 ARM_DIMS = 6
 ACTION_DIM = 7
 
@@ -41,20 +45,26 @@ class GripperConvention:
 
     ``kind="signed"``: raw values are -1/+1; target = 1 where raw > 0; env value = +1 where
     the predicted probability > ``threshold``, else -1.
-    ``kind="unit"``: raw values are in [0, 1]; target = 1 where raw >= ``threshold``; env value
-    = 1.0 / 0.0.
+    ``kind="unit"``: raw values are in [0, 1]; target = 1 where raw >= ``target_threshold``
+    (default: ``threshold``); env value = 1.0 / 0.0 at ``threshold``.
     """
 
     kind: str = "signed"
     threshold: float = 0.5
+    #: Training-target cut of ``unit`` grippers when it differs from the env threshold. The
+    #: released Bridge pipeline labels "open" only the exact 1.0 of its binarised gripper
+    #: (``refine_action_at_gripper_dim``), so a trailing in-between raw value is 0, not >= 0.5.
+    target_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("signed", "unit"):
-            raise ValueError(f"unknown gripper convention {self.kind!r}; expected 'signed' or 'unit'")
+            raise ConfigError(f"unknown gripper convention {self.kind!r}; expected 'signed' or 'unit'")
+        if self.target_threshold is not None and self.kind != "unit":
+            raise ConfigError("target_threshold applies to the 'unit' gripper convention only")
 
     def to_target(self, raw: ArrayT) -> ArrayT:
         """Raw gripper values → float targets in {0, 1}."""
-        cut = 0.0 if self.kind == "signed" else self.threshold
+        cut = 0.0 if self.kind == "signed" else self._target_cut
         if isinstance(raw, torch.Tensor):
             mask = raw > cut if self.kind == "signed" else raw >= cut
             return mask.to(raw.dtype if raw.is_floating_point() else torch.float32)
@@ -71,12 +81,24 @@ class GripperConvention:
             on = (probability > self.threshold).astype(probability.dtype)
         return on * 2 - 1 if self.kind == "signed" else on
 
+    @property
+    def _target_cut(self) -> float:
+        return self.threshold if self.target_threshold is None else self.target_threshold
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "threshold": float(self.threshold)}
+        out: dict[str, Any] = {"kind": self.kind, "threshold": float(self.threshold)}
+        if self.target_threshold is not None:  # absent key = older bundles, same meaning
+            out["target_threshold"] = float(self.target_threshold)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GripperConvention:
-        return cls(kind=str(data["kind"]), threshold=float(data.get("threshold", 0.5)))
+        target = data.get("target_threshold")
+        return cls(
+            kind=str(data["kind"]),
+            threshold=float(data.get("threshold", 0.5)),
+            target_threshold=None if target is None else float(target),
+        )
 
 
 class ActionNormalizer(abc.ABC):
@@ -187,8 +209,30 @@ class RangeNormalizer(ActionNormalizer):
         return cls(data["low"], data["high"], clip=bool(data.get("clip", True)), gripper=gripper)
 
 
+RELEASED_ACTION_CLIP = 0.65
+
+
+def check_action_clip(action_clip: Any) -> float | None:
+    """``None`` or a bound in (0, 1] (above 1 the clip of [-1, 1] values would do nothing and the
+    division would only shrink the range)."""
+    if action_clip is None:
+        return None
+    try:
+        value = float(action_clip)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"action_clip must be a number in (0, 1] or null, got {action_clip!r}") from err
+    if not 0 < value <= 1:
+        raise ConfigError(f"action_clip must be in (0, 1] or null, got {action_clip!r}")
+    return value
+
+
 class QuantileNormalizer(RangeNormalizer):
     """Per-dimension q01/q99 of the training actions → [-1, 1], clipped (Bridge, LIBERO).
+
+    With ``action_clip=c`` a second stage follows: clip to ±c and divide by c, as the released
+    VLM4VLA code does on top of OpenVLA's q01/q99 normalisation for Bridge and LIBERO
+    (``norm_action: true``, ``norm_min/max: ∓0.65`` in every config; ``normalize_action`` in
+    ``vlm4vla/data/data_utils.py``). :meth:`denormalize` inverts both: ×c, then the q01/q99 map.
 
     ``stats`` keeps the full summary (mean, std, min, max, q01, q99 of all 7 dims, count) for
     inspection; only ``q01``/``q99`` of the arm dims are used.
@@ -203,15 +247,39 @@ class QuantileNormalizer(RangeNormalizer):
         *,
         stats: Mapping[str, Any] | None = None,
         gripper: GripperConvention | None = None,
+        action_clip: float | None = None,
     ) -> None:
         q01 = np.asarray(q01, dtype=np.float64)[:ARM_DIMS]
         q99 = np.asarray(q99, dtype=np.float64)[:ARM_DIMS]
         super().__init__(q01, q99, clip=True, gripper=gripper)
         self.stats = dict(stats) if stats is not None else {}
+        self.action_clip = check_action_clip(action_clip)
+
+    def with_action_clip(self, action_clip: float | None) -> QuantileNormalizer:
+        """The same statistics and gripper with another second stage (``None``: q01/q99 only)."""
+        return QuantileNormalizer(
+            self.low, self.high, stats=self.stats, gripper=self.gripper, action_clip=action_clip
+        )
+
+    def _normalize_arm(self, arm):  # type: ignore[override]
+        out = super()._normalize_arm(arm)
+        if self.action_clip is None:
+            return out
+        c = self.action_clip
+        return (out.clamp(-c, c) if isinstance(out, torch.Tensor) else np.clip(out, -c, c)) / c
+
+    def _denormalize_arm(self, arm):  # type: ignore[override]
+        if self.action_clip is not None:
+            arm = arm * self.action_clip
+        return super()._denormalize_arm(arm)
 
     @classmethod
     def from_actions(
-        cls, actions: np.ndarray, *, gripper: GripperConvention | None = None
+        cls,
+        actions: np.ndarray,
+        *,
+        gripper: GripperConvention | None = None,
+        action_clip: float | None = None,
     ) -> QuantileNormalizer:
         """Compute the statistics from raw ``(T, 7)`` actions (all training steps)."""
         actions = np.asarray(actions, dtype=np.float64)
@@ -229,14 +297,22 @@ class QuantileNormalizer(RangeNormalizer):
             "q01": q01.tolist(),
             "q99": q99.tolist(),
         }
-        return cls(q01, q99, stats=stats, gripper=gripper)
+        return cls(q01, q99, stats=stats, gripper=gripper, action_clip=action_clip)
 
     def _params(self) -> dict[str, Any]:
-        return {"q01": self.low.tolist(), "q99": self.high.tolist(), "stats": self.stats}
+        return {
+            "q01": self.low.tolist(),
+            "q99": self.high.tolist(),
+            "action_clip": self.action_clip,
+            "stats": self.stats,
+        }
 
     @classmethod
     def _from_params(cls, data: Mapping[str, Any], gripper: GripperConvention) -> QuantileNormalizer:
-        return cls(data["q01"], data["q99"], stats=data.get("stats"), gripper=gripper)
+        # Bundles written before the second stage existed have no "action_clip": plain q01/q99.
+        return cls(
+            data["q01"], data["q99"], stats=data.get("stats"), gripper=gripper, action_clip=data.get("action_clip")
+        )
 
 
 class IdentityNormalizer(ActionNormalizer):
@@ -271,7 +347,7 @@ def normalizer_from_dict(data: Mapping[str, Any]) -> ActionNormalizer:
         cls = ActionNormalizer._registry[str(data["type"])]
     except KeyError as err:
         known = ", ".join(sorted(ActionNormalizer._registry))
-        raise ValueError(f"unknown normaliser type {data.get('type')!r} (known: {known})") from err
+        raise ConfigError(f"unknown normaliser type {data.get('type')!r} (known: {known})") from err
     gripper = GripperConvention.from_dict(data.get("gripper", {"kind": "signed"}))
     return cls._from_params(data, gripper)  # type: ignore[attr-defined]
 
@@ -284,7 +360,9 @@ __all__ = [
     "GripperConvention",
     "IdentityNormalizer",
     "QuantileNormalizer",
+    "RELEASED_ACTION_CLIP",
     "RangeNormalizer",
     "calvin_normalizer",
+    "check_action_clip",
     "normalizer_from_dict",
 ]
