@@ -6,8 +6,7 @@ alone loads neither torch nor transformers).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlm4vla.lazy_imports import lazy_exports
 
 __version__ = "0.1.0.dev0"
 
@@ -20,12 +19,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vlm4vla' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

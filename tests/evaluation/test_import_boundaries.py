@@ -19,7 +19,8 @@ SIMULATORS = (
 )  # fmt: skip
 MODEL = ("torch", "transformers", "vlm4vla.policy", "vlm4vla.backbones")
 # What a plugin may load of vlm4vla: the evaluation API and the light shared helpers.
-PLUGIN_API = ("vlm4vla.evaluation", "vlm4vla.imaging", "vlm4vla.errors", "vlm4vla.mapping", "vlm4vla.files")
+PLUGIN_API = ("vlm4vla.evaluation", "vlm4vla.imaging", "vlm4vla.errors", "vlm4vla.mapping", "vlm4vla.files",
+              "vlm4vla.lazy_imports")
 
 # module → what it must not load, on top of Lightning, the data and training layers and any simulator.
 RULES: dict[str, tuple[str, ...]] = {

@@ -6,8 +6,7 @@ Datamodules (LightningDataModules): :class:`CalvinDataModule`, :class:`LiberoDat
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlm4vla.lazy_imports import lazy_exports
 
 _EXPORTS = {
     "CalvinDataModule": "vlm4vla.data.calvin",
@@ -23,12 +22,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vlm4vla.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

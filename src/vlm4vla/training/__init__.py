@@ -3,8 +3,7 @@ FSDP2 sharding, recipes and the memory estimator. Attributes are imported lazily
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlm4vla.lazy_imports import lazy_exports
 
 _EXPORTS = {
     "VLAModule": "vlm4vla.training.module",
@@ -16,12 +15,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vlm4vla.training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
