@@ -28,17 +28,9 @@ fp32 compute. With activation checkpointing only each layer's input is kept
 recomputation. The vision tower is counted only when some of its parameters are trainable
 (a frozen tower — LoRA, ``freeze_vision_encoder`` — keeps no activations for backward).
 
-Sequence lengths come from each family's processor arithmetic at the recipe's ``image_size``
-(images are resized to ``image_size``² before the processor):
-
-* Qwen2.5-VL / Qwen3-VL — the processor's ``smart_resize`` to a multiple of
-  ``patch × merge`` (28 / 32) within its pixel budget (the released processors' budgets:
-  Qwen2.5-VL ≥ 56², Qwen3-VL ≥ 256², so a 224² image becomes 256² for Qwen3-VL); the vision
-  tower sees ``(side / patch)²`` patches, the language model ``(side / (patch·merge))²``;
-* PaliGemma — the processor resizes to the vision config's ``image_size`` (224):
-  ``(224 / 14)² = 256`` tokens in both towers;
-* Kosmos-2 — 64 latent image slots in the language model; ``(224 / 14)² + 1`` in CLIP;
-
+Sequence lengths come from `VLABackbone.image_token_counts` at the recipe's ``image_size`` —
+each family's own processor arithmetic with the processor settings training uses (e.g. Qwen's
+``smart_resize`` within the released pixel budget: 224² → 448², 256 / 196 image tokens) —
 plus ``text_tokens`` (default 40: prompt template, instruction and ActionQuery).
 
 Not included: the CUDA context and NCCL buffers (~1 GB), allocator fragmentation, the
@@ -79,8 +71,6 @@ _MASTER_DTYPE = {
 }
 # Lightning ``trainer.precision`` → dtype the forward runs in when FSDP2 does not set one.
 _COMPUTE_DTYPE = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
-# (min_pixels, max_pixels) of the released Qwen processors (preprocessor_config.json):
-# Qwen2.5-VL ``min_pixels``/``max_pixels``, Qwen3-VL ``size.shortest_edge``/``longest_edge``.
 _SHARDED_STRATEGIES = ("ModelParallelStrategy", "FSDPStrategy")
 
 
