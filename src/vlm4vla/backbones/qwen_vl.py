@@ -28,6 +28,7 @@ Switches (`vlm4vla.policy.config.BACKBONE_SWITCHES`):
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from collections.abc import Mapping
@@ -133,9 +134,10 @@ class _QwenVLBackbone(VLABackbone):
 
     # ------------------------------------------------------------------ positions
     @staticmethod
+    @abc.abstractmethod
     def one_d_positions(attention_mask: torch.Tensor, action_query_index: torch.Tensor) -> torch.Tensor:
-        """(B, L) positions of the released code's 1-D call (``qwen_positions="1d"``)."""
-        raise NotImplementedError
+        """(B, L) positions of the released code's 1-D call (``qwen_positions="1d"``); each Qwen
+        generation counts them its own way."""
 
     def model_inputs(self, inputs: dict[str, torch.Tensor], action_query_index: torch.Tensor) -> dict[str, Any]:
         if self.switches["qwen_positions"] != "1d":
