@@ -177,23 +177,23 @@ def crop_and_resize(
     across = scratch("crop_and_resize.across", (channels, height, out_w))
     for c0 in range(0, out_w, ROW_BLOCK):
         cols = slice(c0, min(out_w, c0 + ROW_BLOCK))
-        value = np.take(columns, left[cols], axis=1)  # left + (right − left)·x_lerp
-        step = np.take(columns, right[cols], axis=1)
-        step -= value
-        step *= x_lerp[cols, None]
-        value += step
-        across[:, :, cols] = value.transpose(0, 2, 1)
+        across[:, :, cols] = _lerp_rows(columns, left[cols], right[cols], x_lerp[cols]).transpose(0, 2, 1)
     if out is None or channels_last:
         out = np.empty((channels, out_h, out_w), dtype=np.float32)
     for r0 in range(0, out_h, ROW_BLOCK):
         rows = slice(r0, min(out_h, r0 + ROW_BLOCK))
-        value = np.take(across, top[rows], axis=1)  # upper + (lower − upper)·y_lerp
-        step = np.take(across, bottom[rows], axis=1)
-        step -= value
-        step *= y_lerp[rows, None]
-        value += step
-        out[:, rows] = value
+        out[:, rows] = _lerp_rows(across, top[rows], bottom[rows], y_lerp[rows])
     return np.ascontiguousarray(np.moveaxis(out, 0, -1)) if channels_last else out
+
+
+def _lerp_rows(source: np.ndarray, low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``source[:, low] + (source[:, high] − source[:, low])·weight`` along axis 1, in place where possible."""
+    value = np.take(source, low, axis=1)
+    step = np.take(source, high, axis=1)
+    step -= value
+    step *= weight[:, None]
+    value += step
+    return value
 
 
 def center_crop_resize(image: np.ndarray, area: float, size: int | tuple[int, int]) -> np.ndarray:

@@ -468,32 +468,17 @@ class EpisodeDataModule(VLADataModule):
                 keep.append(ep)
             else:
                 dropped.append(where)
-        if dropped:
-            log.warning(
-                "%s: skipped %d episode(s) with NaN/inf actions (%s split), e.g. %s",
-                self.dataset_name,
-                len(dropped),
-                disk_split,
-                ", ".join(dropped[:3]),
-            )
-        if empty:
-            log.warning(
-                "%s: skipped %d episode(s) without frames (blank primary camera or no steps) in the %s split, e.g. %s",
-                self.dataset_name,
-                len(empty),
-                name,
-                ", ".join(empty[:3]),
-            )
-        if unlabeled:
-            log.warning(
-                "%s: skipped %d episode(s) without a language instruction in the %s split (%s), e.g. %s",
-                self.dataset_name,
-                len(unlabeled),
-                name,
-                transform.name if transform is not None else "",
-                ", ".join(unlabeled[:3]),
-            )
+        self._warn_skipped(dropped, f"with NaN/inf actions ({disk_split} split)")
+        self._warn_skipped(empty, f"without frames (blank primary camera or no steps) in the {name} split")
+        transform_name = transform.name if transform is not None else ""
+        self._warn_skipped(unlabeled, f"without a language instruction in the {name} split ({transform_name})")
         return np.asarray(keep, dtype=np.int64)
+
+    def _warn_skipped(self, sources: list[str], why: str) -> None:
+        """One log line for the episodes skipped for one reason, with the first few sources."""
+        if sources:
+            log.warning("%s: skipped %d episode(s) %s, e.g. %s", self.dataset_name, len(sources), why,
+                        ", ".join(sources[:3]))
 
     # -- statistics ---------------------------------------------------------------------------
     def stats_key(self) -> str:
