@@ -210,10 +210,25 @@ def center_crop_resize(image: np.ndarray, area: float, size: int | tuple[int, in
     return unit_float_to_uint8(crop_and_resize(to_unit_float(image), (lo, lo, lo + side, lo + side), size))
 
 
+def policy_image(image: np.ndarray, size: int | tuple[int, int], *, center_crop: float | None = None) -> np.ndarray:
+    """A camera image (uint8 (H, W, 3), upright) → the policy's input at ``size``: every evaluator's
+    one resize, so each suite feeds the policy what training fed it.
+
+    ``center_crop=None``: the bicubic :func:`resize_image` the backbones' input path applies in
+    training (CALVIN 200² → 224², SimplerEnv 640×480 → 224²; a no-op at the policy's size).
+    ``center_crop=area``: :func:`center_crop_resize`, for a policy trained with the random
+    resized crop of that area (LIBERO and Bridge RLDS pipelines, evaluated as the released code does).
+    """
+    if center_crop is not None:
+        return center_crop_resize(image, center_crop, size)
+    return resize_image(np.ascontiguousarray(image), size)
+
+
 __all__ = [
     "DEFAULT_RESAMPLE",
     "RESAMPLE_FILTERS",
     "center_crop_resize",
+    "policy_image",
     "crop_and_resize",
     "libero_image_to_upright",
     "resize_image",

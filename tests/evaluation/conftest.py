@@ -14,6 +14,6 @@ from vlm4vla.evaluation.testing import write_tiny_bundle
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``run/checkpoints/step=000200`` and ``step=000100`` (created out of order on purpose)."""
     run = tmp_path_factory.mktemp("run")
-    write_tiny_bundle(run / "checkpoints" / "step=000200", seed=1)
-    write_tiny_bundle(run / "checkpoints" / "step=000100", seed=0)
+    write_tiny_bundle(run / "checkpoints" / "step=000200", seed=1, gripper="signed")
+    write_tiny_bundle(run / "checkpoints" / "step=000100", seed=0, gripper="signed")
     return run

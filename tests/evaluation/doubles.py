@@ -16,6 +16,9 @@ Importing this module registers them in-process; the CLI loads it with
 * ``reach-sim`` — a well-behaved plugin whose "simulator" (``SIMULATOR``) is probed in
   ``check_available`` and imported only in ``make_env``; `tests/evaluation/test_testing_kit.py`
   runs the plugin contract on it.
+* ``reach-shared`` — ``reach`` with options (``gain``) and two protocols: ``released`` shares
+  one env per task whose texture is redrawn from the env's RNG at every episode, so an episode's
+  outcome depends on the episodes the env ran before it (as LIBERO's fixture placement does).
 * ``reach-modules`` — ``reach`` whose records list the heavy modules loaded in the process that
   ran the episode (a spawned worker with ``--workers 2``).
 """
@@ -205,8 +208,57 @@ class ModulesReachEvaluator(ReachEvaluator):
         return {**record, "heavy_modules": heavy}
 
 
+class SharedReachEvaluator(ReachEvaluator):
+    """``reach`` with a ``gain`` option and an env shared by a task's episodes under ``released``."""
+
+    name = "reach-shared"
+
+    def __init__(self, *, protocol: str = "standard", gain: float = 1.0) -> None:
+        super().__init__(protocol=protocol)
+        self.gain = float(gain)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "gain": self.gain}
+
+    def simulator_versions(self) -> dict[str, Any]:
+        return {"reach-sim": "1.0"}
+
+    def protocol_modes(self) -> tuple[str, ...]:
+        return ("full", "half") if self.protocol == "released" else super().protocol_modes()
+
+    def env_group(self, spec: Mapping[str, Any]) -> str | None:
+        return str(spec["task"]) if self.protocol == "released" else None
+
+    def make_env(self, spec: Mapping[str, Any], *, seed: int) -> ReachEnv:
+        env = super().make_env(spec, seed=seed)
+        env.episodes_run = 1
+        return env
+
+    def reuse_env(self, env: ReachEnv, spec: Mapping[str, Any]) -> ReachEnv:
+        env.x = float(spec["start"])
+        env.texture = env.rng.integers(0, 64, size=(32, 32, 3), dtype=np.uint8)  # the RNG stream goes on
+        env.episodes_run += 1
+        return env
+
+    def run_episode(self, env: ReachEnv, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None) -> dict:
+        gained = _Gain(policy, self.gain)
+        record = super().run_episode(env, gained, spec, max_steps=max_steps)
+        return {**record, "episodes_in_env": env.episodes_run, "texture_sum": int(env.texture.sum())}
+
+
+class _Gain:
+    def __init__(self, policy: Any, gain: float) -> None:
+        self.policy, self.gain = policy, gain
+
+    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        action = np.array(self.policy.act(image, instruction), dtype=np.float64)
+        action[0] *= self.gain
+        return action
+
+
 for _cls in (
     ReachEvaluator,
+    SharedReachEvaluator,
     SlowReachEvaluator,
     ChainReachEvaluator,
     EightDimReachEvaluator,

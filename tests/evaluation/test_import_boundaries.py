@@ -54,6 +54,7 @@ def test_import_loads_neither_lightning_nor_the_data_layer_nor_a_simulator(modul
 
 
 def test_data_layer_and_plugins_share_one_image_pipeline() -> None:
+    import vlm4vla_calvin.evaluator
     import vlm4vla_libero.evaluator
     import vlm4vla_simpler.evaluator
 
@@ -64,7 +65,9 @@ def test_data_layer_and_plugins_share_one_image_pipeline() -> None:
     assert dataset.rotate_180 is imaging.rotate_180  # what EpisodeDataset applies to LIBERO frames
     assert vlm4vla_libero.evaluator.libero_image_to_upright is imaging.libero_image_to_upright
     assert transforms.resize_image is imaging.resize_image  # the augmentation's first resize
-    assert vlm4vla_simpler.evaluator.resize_image is imaging.resize_image
+    # every plugin's policy image goes through the one evaluation resize / crop
+    for plugin in (vlm4vla_calvin.evaluator, vlm4vla_libero.evaluator, vlm4vla_simpler.evaluator):
+        assert plugin.policy_image is imaging.policy_image, plugin.__name__
     assert base.resize_image is imaging.resize_image  # the backbones' input resize (bicubic)
 
 

@@ -74,7 +74,7 @@ def test_failed_evaluation_keeps_previous_reports(
         for param in policy.head.parameters():
             param.fill_(float("nan"))
     policy.save_pretrained(diverged)
-    err = _error(capsys, [*base, "--ckpt", str(diverged)])
+    err = _error(capsys, [*base, "--ckpt", str(diverged), "--allow-unnormalized"])  # it has no statistics
     assert err.startswith("vlm4vla-eval: error: the policy returned a non-finite action [nan, nan, nan")
     assert _reports(out) == reports  # not replaced by a summary of an empty cell with "best": null
     assert (out / "step=000100" / "full" / "episodes.jsonl").read_bytes() == episodes

@@ -69,6 +69,24 @@ def test_fit_each_datamodule_writes_loadable_bundles(tmp_path, datasets, name, d
     assert policy.normalizer is not None and policy.chunk_size == 4
     chunk = policy.predict_chunk(IMAGES, ["pick up the bowl", "open the drawer"])
     assert chunk.shape == (2, 4, 7) and torch.isfinite(chunk).all()
+    # The bundle records the training image pipeline, with the stored frame size read here from
+    # the files themselves (evaluation renders LIBERO at that size and crops like training).
+    pipeline = policy.config.image_pipeline
+    assert pipeline == {
+        "dataset": name, "source_size": _stored_frame_size(name, datasets[name]), "resize_to": 224,
+        "augmentation": True, "crop_scale": None if name == "calvin" else 0.9,
+    }  # fmt: skip
+
+
+def _stored_frame_size(name: str, root: Path) -> list[int]:
+    if name == "libero":
+        import h5py
+
+        with h5py.File(sorted(root.glob("*_demo.hdf5"))[0]) as f:
+            return list(f["data/demo_0/obs/agentview_rgb"].shape[1:3])
+    if name == "calvin":
+        return list(np.load(sorted(root.glob("training/episode_*.npz"))[0])["rgb_static"].shape[:2])
+    return [64, 64]  # the Bridge fixture's image_size
 
 
 def test_resume_mid_epoch_gives_the_same_weights(tmp_path, datasets):

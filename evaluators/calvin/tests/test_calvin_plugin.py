@@ -82,6 +82,7 @@ def _episode(env: FakeCalvinEnv, oracle: ScriptedOracle, k: int = 1) -> CalvinEp
     return CalvinEpisode(
         sim=env, oracle=oracle, sequence=k, robot_obs=np.asarray(eval_set.robot_obs), scene_obs=np.asarray(seq.scene_obs),
         subtasks=seq.subtasks, instructions={t: eval_set.instruction(t) for t in seq.subtasks},
+        image_size=getattr(env, "size", 224),  # the policy's size = the camera's: the frame itself
     )  # fmt: skip
 
 
@@ -239,6 +240,73 @@ def test_closing_an_episode_disconnects_once_and_drops_the_sim() -> None:
     CalvinEvaluator().close_env(episode)  # idempotent
 
 
+def test_a_failed_oracle_build_leaves_no_stale_disconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_env closes the sim when the task oracle cannot be built; the sim must be marked
+    disconnected (cid = −1) like CalvinEpisode.close does, or its later __del__ cuts the next env."""
+    sim = _PyBulletLikeSim()
+    monkeypatch.setattr(calvin_env_setup, "make_sim", lambda **kwargs: sim)
+
+    def broken_oracle() -> Any:
+        raise SimulatorImportError("calvin_env's task config is missing")
+
+    monkeypatch.setattr(calvin_env_setup, "make_task_oracle", broken_oracle)
+    with pytest.raises(SimulatorImportError, match="task config"):
+        CalvinEvaluator(use_egl=False).make_env(SPEC, seed=0)
+    assert sim.disconnects == 1 and sim.cid == -1
+    sim.close()  # PlayTableSimEnv.__del__ later: must not disconnect the id pybullet gave to the next env
+    assert sim.disconnects == 1
+
+
+class _EditableFinder:
+    """What setuptools' editable install appends to ``sys.meta_path``: ``calvin_env`` → the clone's package."""
+
+    def __init__(self, clone: Path) -> None:
+        self.clone = clone
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        import importlib.machinery
+
+        return importlib.machinery.PathFinder.find_spec(name, [str(self.clone)]) if name == "calvin_env" else None
+
+
+def _fake_editable_install(site: Path, clone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``pip install -e clone`` leaves: a dist-info whose direct_url.json names the clone
+    (PEP 610), and the editable finder at the end of ``sys.meta_path``."""
+    info = site / "calvin_env-1.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: calvin_env\nVersion: 1.0.1\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": clone.resolve().as_uri(), "dir_info": {"editable": True}}))
+    # A real editable calvin_env on this machine (a path entry or a finder) must not answer instead.
+    monkeypatch.setattr(sys, "path", [e for e in sys.path if not (Path(e or ".") / "calvin_env" / "__init__.py").is_file()])
+    others = [f for f in sys.meta_path if "calvin_env" not in str(getattr(f, "__module__", ""))]  # a class or an instance
+    monkeypatch.setattr(sys, "meta_path", [*others, _EditableFinder(clone)])
+    monkeypatch.syspath_prepend(str(site))
+
+
+def test_the_clone_is_found_from_the_installed_distribution_and_shadowing_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's layout: `git clone …calvin_env; pip install -e calvin_env`, run from the parent.
+    work = tmp_path / "work"
+    clone = work / "calvin_env"
+    _fake_clone(clone)
+    _fake_editable_install(tmp_path / "site", clone, monkeypatch)
+    assert calvin_env_setup.editable_clone() == clone.resolve()
+    assert calvin_env_setup.calvin_env_clone() == clone.resolve()  # run from elsewhere: fine
+
+    # `python -m …` from `work`: the cwd is on sys.path and `calvin_env` there is the clone's top
+    # folder, a namespace package (no __init__.py) that the path finder returns before the
+    # editable finder is asked: it shadows the editable install.
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))
+    with pytest.raises(SimulatorImportError) as err:
+        calvin_env_setup.calvin_env_clone()
+    message = str(err.value)
+    assert "\n" not in message and "shadows the package" in message and str(clone.resolve() / "calvin_env") in message
+    assert "not installed editable" not in message
+    assert "calvin_env" not in sys.modules
+
+
 # -------------------------------------------------------------------- resume through the harness
 class FakeSimCalvinEvaluator(CalvinEvaluator):
     """The real plugin with the simulator and oracle replaced by the test doubles."""
@@ -272,7 +340,7 @@ def test_resume_runs_only_the_missing_sequences(tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     def run(k: int) -> Any:
-        settings = SweepSettings(modes=["full"], episodes_per_task=k)
+        settings = SweepSettings(modes=["full"], episodes_per_task=k, allow_unnormalized=True)
         return run_sweep(evaluator, [ckpt], out, settings, policy_loader=lambda c: _predict)
 
     first = run(2)
@@ -338,6 +406,7 @@ def test_env_config_is_scene_d_with_static_200_and_gripper_84_no_gui(
 ) -> None:
     conf = _fake_clone(tmp_path / "clone")
     monkeypatch.syspath_prepend(str(tmp_path / "clone"))
+    monkeypatch.setattr(calvin_env_setup, "editable_clone", lambda: None)  # not a real install's metadata
     assert calvin_env_setup.calvin_env_installed()
     assert calvin_env_setup.calvin_conf_dir() == conf.resolve()  # found, not imported
     assert "calvin_env" not in sys.modules
@@ -369,20 +438,94 @@ def test_dataset_config_and_renderer_selection(tmp_path: Path) -> None:
     _write(merged, {"env": {}})
     for given in (merged, merged.parent.parent, merged.parent.parent.parent):
         assert calvin_env_setup.resolve_dataset_config(given) == merged
-    with pytest.raises(FileNotFoundError, match="VLM4VLA_CALVIN_CONFIG"):
+    with pytest.raises(FileNotFoundError, match="config_path="):
         calvin_env_setup.resolve_dataset_config(tmp_path / "nowhere")
-    assert calvin_env_setup.use_egl_from_env({"VLM4VLA_CALVIN_EGL": "1"}) is True
-    assert calvin_env_setup.use_egl_from_env({"VLM4VLA_CALVIN_EGL": "0"}) is False
-    assert calvin_env_setup.use_egl_from_env({}) is calvin_env_setup.egl_available()
-    with pytest.raises(ValueError, match="VLM4VLA_CALVIN_EGL"):
-        calvin_env_setup.use_egl_from_env({"VLM4VLA_CALVIN_EGL": "maybe"})
+    assert calvin_env_setup.resolve_use_egl(True) is True
+    assert calvin_env_setup.resolve_use_egl(False) is False
+    assert calvin_env_setup.resolve_use_egl(None) is calvin_env_setup.egl_available()
+    with pytest.raises(ValueError, match="use_egl"):
+        CalvinEvaluator(use_egl="maybe")  # type: ignore[arg-type]
 
 
-def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VLM4VLA_CALVIN_CONFIG", str(tmp_path / "ds"))
-    assert CalvinEvaluator().config_path == str(tmp_path / "ds")
+def test_options_are_constructor_arguments_recorded_as_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlm4vla.evaluation.plugin import load_evaluator
+
+    evaluator = load_evaluator("calvin", {"config_path": str(tmp_path / "ds"), "use_egl": False, "max_steps": 100})
+    assert evaluator.settings() == {
+        "protocol": "standard", "max_steps": 100, "config_path": str(tmp_path / "ds"), "use_egl": False,
+        "env_lifetime": "sequence",
+    }  # fmt: skip
+    assert CalvinEvaluator(protocol="released").settings()["env_lifetime"] == "8 ranks"
+    assert CalvinEvaluator().protocol_modes() == ("full", "half", "single")
+    assert CalvinEvaluator(protocol="released").protocol_modes() == ("full",)
     monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: True)
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_clone", lambda: tmp_path)
     with pytest.raises(SimulatorImportError, match="no merged_config.yaml"):
-        CalvinEvaluator().check_available()
-    monkeypatch.delenv("VLM4VLA_CALVIN_CONFIG")
-    assert CalvinEvaluator().config_path is None
+        evaluator.check_available()
+
+
+def test_released_protocol_groups_sequences_by_rank_as_the_released_ddp_script() -> None:
+    """eval/calvin/evaluate_ddp-v2.py: ``eval_sequences[rank::world_size]`` per rank, one env each."""
+    released, standard = CalvinEvaluator(protocol="released"), CalvinEvaluator()
+    specs = released.episodes(GROUP, episodes_per_task=20)
+    groups = [released.env_group({**s, "task": GROUP}) for s in specs]
+    assert groups[:10] == [f"rank{k}" for k in range(8)] + ["rank0", "rank1"]
+    assert [s["episode_id"] for s, g in zip(specs, groups, strict=True) if g == "rank3"] == [3, 11, 19]
+    assert standard.env_group({**specs[0], "task": GROUP}) is None
+    assert CalvinEvaluator(protocol="released", released_ranks=4).env_group({**specs[5], "task": GROUP}) == "rank1"
+
+
+def test_a_reused_env_is_reset_to_each_sequence_in_turn() -> None:
+    env, oracle = FakeCalvinEnv(), ScriptedOracle({})
+    evaluator = CalvinEvaluator(protocol="released")
+    first = _episode(env, oracle, 1)
+    evaluator.run_episode(first, ScriptedPolicy(ACTION), SPEC, max_steps=2)
+    second = evaluator.reuse_env(first, {"task": GROUP, "episode_id": 9})
+    assert second.sim is env and second.oracle is oracle and second.sequence == 9
+    assert second.subtasks == load_eval_set().sequences[9].subtasks
+    evaluator.run_episode(second, ScriptedPolicy(ACTION), {"task": GROUP, "episode_id": 9}, max_steps=2)
+    resets = [c[1] for c in env.calls if c[0] == "reset"]
+    assert len(resets) == 2
+    np.testing.assert_array_equal(resets[1][1], load_eval_set().sequences[9].scene_obs)
+    with pytest.raises(ValueError, match="out of range"):
+        evaluator.reuse_env(first, {"task": GROUP, "episode_id": 5000})
+
+
+def test_calvin_env_commit_is_recorded_and_compared_with_the_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    clone = tmp_path / "calvin_env"
+    clone.mkdir()
+    git = ["git", "-C", str(clone), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_clone", lambda: clone)
+    version = calvin_env_setup.calvin_env_version()
+    assert version == {"calvin_env_commit": head, "calvin_env_matches_benchmark": head.startswith("1431a46")}
+    monkeypatch.setattr(calvin_env_setup, "BENCHMARK_COMMIT", head[:7])
+    assert calvin_env_setup.calvin_env_version()["calvin_env_matches_benchmark"] is True
+    # not a git clone: unknown, not "matches"
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_clone", lambda: tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    assert calvin_env_setup.calvin_env_version() == {"calvin_env_commit": None, "calvin_env_matches_benchmark": None}
+
+
+def test_a_non_benchmark_calvin_env_is_warned_about_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_installed", lambda: True)
+    monkeypatch.setattr(calvin_env_setup, "calvin_env_clone", lambda: tmp_path)
+    monkeypatch.setattr(
+        calvin_env_setup, "calvin_env_version",
+        lambda: {"calvin_env_commit": "797142c0ffee", "calvin_env_matches_benchmark": False},
+    )  # fmt: skip
+    evaluator = CalvinEvaluator(use_egl=False)
+    with caplog.at_level("WARNING"):
+        evaluator.check_available()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "797142c" in warnings[0] and "1431a46" in warnings[0] and "calvin_env_matches_benchmark: false" in warnings[0]
+    assert evaluator.simulator_versions()["calvin_env_matches_benchmark"] is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -59,10 +61,13 @@ class FakeLiberoEnv:
         self.closed = True
 
 
-def _episode(env: FakeLiberoEnv, k: int = 3) -> LiberoEpisode:
+def _episode(env: FakeLiberoEnv, k: int = 3, *, center_crop: float | None = None, image_size: int | None = None) -> LiberoEpisode:
+    """The episode env for init state ``k`` (init state ``j`` is ``np.full(5, j)``); by default the
+    policy's image size is the camera's, so the policy image is the upright frame itself."""
     return LiberoEpisode(
-        sim=env, instruction="put both moka pots on the stove", init_state=np.full(5, float(k)), init_index=k,
-        camera_size=env.size,
+        sim=env, task=SPEC["task"], instruction="put both moka pots on the stove",
+        init_states=np.stack([np.full(5, float(j)) for j in range(50)]), init_index=k,
+        camera_size=env.size, center_crop=center_crop, image_size=image_size or env.size,
     )  # fmt: skip
 
 
@@ -96,15 +101,69 @@ def test_tasks_and_episodes_follow_the_protocol() -> None:
         evaluator.episodes("pick up the moon")
 
 
-def test_camera_size_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ev.CAMERA_SIZE_ENV, raising=False)
-    assert LiberoEvaluator().camera_size == 128  # the HDF5 demos' resolution
-    monkeypatch.setenv(ev.CAMERA_SIZE_ENV, "256")
-    assert LiberoEvaluator().camera_size == 256
-    assert LiberoEvaluator(camera_size=224).camera_size == 224
-    monkeypatch.setenv(ev.CAMERA_SIZE_ENV, "big")
-    with pytest.raises(ValueError, match="VLM4VLA_LIBERO_CAMERA_SIZE"):
-        LiberoEvaluator()
+def _pipeline(source: int | None, crop: float | None, dataset: str = "libero") -> dict[str, Any]:
+    return {"dataset": dataset, "source_size": [source, source] if source else None, "resize_to": 224,
+            "augmentation": crop is not None, "crop_scale": crop}  # fmt: skip
+
+
+def test_camera_size_and_crop_follow_the_bundle_unless_set() -> None:
+    standard, released = LiberoEvaluator(), LiberoEvaluator(protocol="released")
+    rlds = {"image_size": 224, "image_pipeline": _pipeline(256, 0.9)}
+    hdf5_no_aug = {"image_size": 224, "image_pipeline": _pipeline(128, None)}
+    for evaluator in (standard, released):
+        assert evaluator.bundle_settings(rlds) == {
+            "camera_size": 256, "center_crop": 0.9, "image_size": 224, "pipeline_recorded": True,
+        }  # fmt: skip
+        inputs = evaluator.bundle_settings(hdf5_no_aug)
+        assert (inputs["camera_size"], inputs["center_crop"]) == (128, None)
+    # bundles without a recorded pipeline: each protocol's own default
+    assert (standard.bundle_settings({})["camera_size"], standard.bundle_settings({})["center_crop"]) == (128, None)
+    assert (released.bundle_settings({})["camera_size"], released.bundle_settings({})["center_crop"]) == (256, 0.9)
+    # a Bridge-trained pipeline says nothing about LIBERO's camera
+    bridge = {"image_size": 224, "image_pipeline": _pipeline(256, 0.9, dataset="bridge")}
+    assert standard.bundle_settings(bridge)["camera_size"] == 128
+    # explicit options win, and are recorded settings
+    forced = LiberoEvaluator(camera_size=224, center_crop=False)
+    assert forced.bundle_settings(rlds)["camera_size"] == 224 and forced.bundle_settings(rlds)["center_crop"] is None
+    assert LiberoEvaluator(center_crop=True).bundle_settings(hdf5_no_aug)["center_crop"] == 0.9
+    assert forced.settings()["camera_size"] == 224 and forced.settings()["center_crop"] is False
+    assert LiberoEvaluator(protocol="released").settings()["env_lifetime"] == "task"
+    with pytest.raises(ValueError, match="center_crop"):
+        LiberoEvaluator(center_crop="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="camera_size"):
+        LiberoEvaluator(camera_size=0)
+
+
+def test_protocol_modes() -> None:
+    assert LiberoEvaluator().protocol_modes() == ("full", "half", "single")
+    assert LiberoEvaluator(protocol="released").protocol_modes() == ("full", "half")
+    with pytest.raises(EvaluationError, match="protocol"):
+        LiberoEvaluator(protocol="paper")
+
+
+def test_centre_crop_of_a_known_pattern_reaches_the_policy() -> None:
+    """A 10×10 frame that ramps along x (value 20·column). ``center_crop=0.64``: sides 0.8, box
+    (0.1, 0.9); TensorFlow's crop_and_resize samples pixel centres ``0.1·9 + i·0.8·9/3`` = 0.9,
+    3.3, 5.7, 8.1, bilinearly. After the 180° rotation column ``c`` holds 20·(9 − c), so the policy
+    sees 20·(9 − x) = 162, 114, 66, 18 on every row (hand-computed)."""
+
+    class Ramp(FakeLiberoEnv):
+        def _obs(self) -> dict[str, np.ndarray]:
+            image = np.repeat((np.arange(10, dtype=np.uint8) * 20)[None, :, None], 10, axis=0).repeat(3, axis=2)
+            self.images.append(image)
+            return {"agentview_image": image}
+
+    policy = ScriptedPolicy([[0.0] * 7])
+    episode = _episode(Ramp(size=10), center_crop=0.64, image_size=4)
+    LiberoEvaluator(wait_steps=0).run_episode(episode, policy, SPEC, max_steps=1)
+    seen = policy.images[0]
+    assert seen.shape == (4, 4, 3)
+    for row in seen:
+        assert row[:, 0].tolist() == [162, 114, 66, 18], seen[..., 0]
+    # Without the crop: the whole frame, bicubic-resized (its ends reach the outer columns' values).
+    policy = ScriptedPolicy([[0.0] * 7])
+    LiberoEvaluator(wait_steps=0).run_episode(_episode(Ramp(size=10), image_size=4), policy, SPEC, max_steps=1)
+    assert policy.images[0][0, 0, 0] > 162 and policy.images[0][0, -1, 0] < 18
 
 
 # -------------------------------------------------------------------- rollout logic
@@ -202,6 +261,73 @@ def test_chunks_are_executed_through_the_policy_client() -> None:
     xs = [a[0] for a in env.actions[10:]]
     np.testing.assert_allclose(xs, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # clipped to 1
     np.testing.assert_array_equal(queries[1], np.rot90(env.images[1 + 10 + 4], 2))
+
+
+# -------------------------------------------------------------------- the released protocol
+def test_released_loop_alternates_five_dummy_steps_with_the_first_policy_steps() -> None:
+    env = FakeLiberoEnv()
+    policy = ScriptedPolicy([[0.1] * 6 + [1.0]])
+    record = LiberoEvaluator(protocol="released").run_episode(_episode(env), policy, SPEC)
+    kinds = ["dummy" if np.array_equal(a, np.array(DUMMY_ACTION)) else "policy" for a in env.actions]
+    # t = 0, 2, 4, 6, 8: one dummy step then one policy step; then policy steps while t < 530
+    assert kinds[:10] == ["dummy", "policy"] * 5
+    assert kinds[10:] == ["policy"] * 520
+    assert record["steps"] == 525 and record["wait_steps"] == 5 and len(env.actions) == 530
+    # the first query sees the frame after one dummy step (images: reset, set_init_state, step 1, …)
+    np.testing.assert_array_equal(policy.images[0], np.rot90(env.images[2], 2))
+    np.testing.assert_array_equal(policy.images[1], np.rot90(env.images[4], 2))
+
+
+def test_released_loop_stops_on_done_after_a_policy_step_only() -> None:
+    env = FakeLiberoEnv(done_at=1)  # `done` from the very first (dummy) step: ignored there
+    record = LiberoEvaluator(protocol="released").run_episode(_episode(env), ScriptedPolicy([[0.0] * 7]), SPEC)
+    assert record["success"] is True and record["steps"] == 1 and len(env.actions) == 2
+    env = FakeLiberoEnv(done_at=6)  # env steps D P D P D P: the 6th is the 3rd policy step
+    record = LiberoEvaluator(protocol="released").run_episode(_episode(env), ScriptedPolicy([[0.0] * 7]), SPEC)
+    assert record["success"] is True and record["steps"] == 3 and record["wait_steps"] == 3
+    env = FakeLiberoEnv(done_at=7)  # the 7th is a dummy step: the episode ends after the next policy step
+    record = LiberoEvaluator(protocol="released").run_episode(_episode(env), ScriptedPolicy([[0.0] * 7]), SPEC)
+    assert record["success"] is True and record["steps"] == 4 and record["wait_steps"] == 4
+
+
+def test_released_protocol_reuses_one_env_per_task_seeded_with_the_base_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the harness: one env per task (built once, seeded once with 0), its episodes in order."""
+    from vlm4vla.evaluation.sweep import Checkpoint, SweepSettings, run_sweep
+
+    built: list[dict[str, Any]] = []
+    evaluator = LiberoEvaluator(protocol="released")
+    monkeypatch.setattr(evaluator, "check_available", lambda: None)
+
+    def make_env(spec: dict[str, Any], *, seed: int) -> LiberoEpisode:
+        env = FakeLiberoEnv(done_at=4)
+        built.append({"task": spec["task"], "seed": seed, "init": spec["init_state"], "env": env})
+        episode = _episode(env, int(spec["init_state"]))
+        return dataclasses.replace(episode, task=spec["task"])
+
+    monkeypatch.setattr(evaluator, "make_env", make_env)
+    config = {"chunk_size": 4, "normalizer": {"kind": "stub"}, "image_size": 8}
+    ckpt = Checkpoint("bundle", Path("bundle"), None, config)
+    tasks = list(LIBERO10_TASKS[:2])
+
+    def predict(images: Any, texts: Any) -> np.ndarray:
+        return np.zeros((len(images), 4, 7), dtype=np.float32)
+
+    settings = SweepSettings(modes=["full"], tasks=tasks, episodes_per_task=3)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        monkeypatch.setattr(evaluator, "bundle_settings", lambda config: {"camera_size": 8, "center_crop": None, "image_size": 8})
+        result = run_sweep(evaluator, [ckpt], out, settings, policy_loader=lambda c: predict)
+        records = [json.loads(line) for line in (Path(out) / "bundle" / "full" / "episodes.jsonl").read_text().splitlines()]
+    assert [(b["task"], b["seed"], b["init"]) for b in built] == [(tasks[0], 0, 0), (tasks[1], 0, 0)]
+    # each env ran its task's three initial states in order: reset + set_init_state per episode
+    for b in built:
+        inits = [c[1][0] for c in b["env"].calls if c[0] == "set_init_state"]
+        assert inits == [0.0, 1.0, 2.0]
+    assert [(r["task"], r["episode_id"], r["seed"], r["protocol"]) for r in records] == [
+        (t, k, 0, "released") for t in tasks for k in range(3)
+    ]
+    assert result.ran == 6
 
 
 # -------------------------------------------------------------------- first-import config prompt

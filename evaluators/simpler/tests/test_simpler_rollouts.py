@@ -1,4 +1,4 @@
-"""Real SimplerEnv-Bridge rollouts (whichever backend ``$VLM4VLA_SIMPLER_BACKEND`` / auto picks).
+"""Real SimplerEnv-Bridge rollouts (whichever backend auto picks).
 
 Skipped, with the reason, unless a backend (``simpler_env`` or ``mani_skill``) and its Bridge assets
 are present; rendering also needs Vulkan (a GPU, or Mesa lavapipe on CPU).

@@ -10,6 +10,11 @@ the same command resumes (finished episodes are skipped). Reports: ``OUT/summary
 ``OUT/best.json``, ``OUT/curves.png``, rewritten only when every planned episode is on disk.
 One run at a time per OUT (an OS lock on ``OUT/.vlm4vla-eval.lock``); a second is refused.
 
+Suite options are the plugin's constructor arguments (``--suite-option camera_size=256``,
+repeatable; values are YAML scalars); ``--protocol standard|released`` picks the benchmark's
+canonical loop or the released VLM4VLA evaluation's. Both are recorded in every cell's
+``meta.json`` (with the simulator versions) and a resume with other values is refused.
+
 Extra plugin modules (which call `vlm4vla.evaluation.register_evaluator` on import) can be
 loaded with ``--plugin-module MOD`` or ``VLM4VLA_EVAL_PLUGINS=mod1,mod2``.
 """
@@ -48,7 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-suites", action="store_true", help="list the installed evaluator plugins and exit")
     p.add_argument("--suite", help="suite name (see --list-suites)")
     p.add_argument("--ckpt", type=Path, help="a policy bundle, or a run directory (all checkpoints/step=* bundles)")
-    p.add_argument("--modes", default="full,half,single", help="chunk modes, comma-separated (default: all)")
+    p.add_argument(
+        "--modes", default=None, help="chunk modes, comma-separated (default: the protocol's; standard: all three)"
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("standard", "released"),
+        default=None,
+        help="standard (default): the benchmark's own loop; released: the released VLM4VLA evaluation's",
+    )
+    p.add_argument(
+        "--suite-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a constructor option of the suite's plugin, e.g. camera_size=256 (repeatable; see the plugin README)",
+    )
+    p.add_argument(
+        "--allow-unnormalized",
+        action="store_true",
+        help="evaluate bundles without action statistics (their actions are not in the env's units)",
+    )
     p.add_argument("--workers", type=_positive, default=1, help="env worker processes (default 1)")
     p.add_argument(
         "--max-batch",
@@ -78,6 +103,35 @@ def _plugin_modules(args: argparse.Namespace) -> list[str]:
     return env + list(args.plugin_module)
 
 
+def parse_suite_options(items: Sequence[str], protocol: str | None = None) -> dict[str, object]:
+    """``["camera_size=256", "center_crop=false"]`` → ``{"camera_size": 256, "center_crop": False}``
+    (values as YAML scalars: numbers, true/false, null, strings); ``--protocol`` joins them."""
+    import yaml
+
+    from vlm4vla.errors import ConfigError
+
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--suite-option {item!r}: expected KEY=VALUE, e.g. camera_size=256")
+        if key in options:
+            raise ConfigError(f"--suite-option: {key} is given twice")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)):
+            value = text  # only scalars: a plugin option is one value
+        options[key] = value
+    if protocol is not None:
+        if "protocol" in options and options["protocol"] != protocol:
+            raise ConfigError(f"--protocol {protocol} contradicts --suite-option protocol={options['protocol']}")
+        options["protocol"] = protocol
+    return options
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -102,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.suite or args.ckpt is None:
             return report_message(PROG, "--suite and --ckpt are required (or --list-suites)")
-        return _evaluate(args, load_evaluator(args.suite))
+        options = parse_suite_options(args.suite_option, args.protocol)
+        return _evaluate(args, load_evaluator(args.suite, options))
     except SimulatorImportError as err:
         return report_message(PROG, f"suite {args.suite!r}: simulator unavailable: {err}")
     except VLM4VLAError as err:
@@ -116,7 +171,7 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
     from vlm4vla.evaluation.chunking import parse_modes
     from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
 
-    modes = parse_modes(args.modes)
+    modes = parse_modes(args.modes) if args.modes is not None else None
     evaluator.check_available()  # a missing simulator is told before any bundle is read
     checkpoints = resolve_checkpoints(args.ckpt)
     settings = SweepSettings(
@@ -128,6 +183,7 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
         workers=args.workers,
         max_batch=args.max_batch,
         video=args.video,
+        allow_unnormalized=args.allow_unnormalized,
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -94,6 +94,9 @@ class BridgeDataModule(EpisodeDataModule):
     def episode_transform(self) -> EpisodeTransform | None:
         return BridgeOrig() if self.action_transform == "bridge_orig" else None
 
+    def crop_scale_trained(self) -> float | None:
+        return self.crop_scale
+
     def train_transform(self) -> ImageTransform | None:
         # The released OpenVLA RLDS pipeline: Lanczos resize, crop, colour jitter (vlm4vla.data.transforms).
         return openvla_image_transform(augment=True, size=self.image_size, crop_scale=self.crop_scale)

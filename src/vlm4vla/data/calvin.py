@@ -106,6 +106,8 @@ class CalvinDataModule(VLADataModule):
         Other keyword arguments: see :class:`~vlm4vla.data.datamodule.VLADataModule`.
     """
 
+    dataset_name = "calvin"
+
     def __init__(
         self,
         root: str | Path,

@@ -64,6 +64,9 @@ NAN_POLICIES = ("skip", "error")
 class VLADataModule(pl.LightningDataModule, abc.ABC):
     """Common options and dataloaders. Subclasses build ``self._datasets`` in :meth:`setup`."""
 
+    #: Dataset name (``libero``, ``bridge``, ``calvin``), recorded in bundles' image pipeline.
+    dataset_name: str = ""
+
     def __init__(
         self,
         *,
@@ -200,10 +203,36 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
         """The options that change the training data (JSON values), recorded in checkpoints."""
         return {}
 
+    def crop_scale_trained(self) -> float | None:
+        """Area of the random resized crop the training images went through (None: no crop)."""
+        return None
+
+    def source_image_size(self) -> list[int] | None:
+        """(height, width) of the stored training frames (None before `setup` or without frames)."""
+        dataset = self._datasets.get("train")
+        if dataset is None or len(dataset) == 0:
+            return None
+        return [int(v) for v in np.asarray(dataset.load_image(0, 0)).shape[:2]]
+
+    def image_pipeline(self) -> dict[str, Any]:
+        """What the training images went through, recorded in every bundle so that evaluation feeds
+        the policy the same (e.g. LIBERO renders at ``source_size`` and centre-crops when training
+        used the random crop): dataset, stored frame size, training resize, crop area."""
+        return {
+            "dataset": self.dataset_name,
+            "source_size": self.source_image_size(),
+            "resize_to": self.image_size,
+            "augmentation": self.image_augmentation,
+            "crop_scale": self.crop_scale_trained() if self.image_augmentation else None,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Saved by Lightning into every checkpoint: the normaliser, for evaluation to invert, and
-        the data options it was trained with."""
-        return {"normalizer": self.normalizer.to_dict(), "data_options": self.data_options()}
+        """Saved by Lightning into every checkpoint: the normaliser, for evaluation to invert, the
+        data options it was trained with and the image pipeline (both recorded in bundles)."""
+        state = {"normalizer": self.normalizer.to_dict(), "data_options": self.data_options()}
+        if self._datasets:
+            state["image_pipeline"] = self.image_pipeline()
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Adopt the checkpoint's normaliser (re-normalising built datasets if it differs)."""
@@ -261,7 +290,6 @@ class EpisodeDataModule(VLADataModule):
         chunk_size and the rest: see :class:`VLADataModule`.
     """
 
-    dataset_name: str = ""
     #: Formats this dataset may be read from; None: every registered episode format.
     formats: tuple[str, ...] | None = None
     gripper: GripperConvention = GripperConvention("signed")

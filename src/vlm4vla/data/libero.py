@@ -98,6 +98,9 @@ class LiberoDataModule(EpisodeDataModule):
     def rotate_images(self, reader: EpisodeReader) -> bool:
         return super().rotate_images(reader) if self.rotate_180 is None else bool(self.rotate_180)
 
+    def crop_scale_trained(self) -> float | None:
+        return self.crop_scale
+
     def train_transform(self) -> ImageTransform | None:
         # The released OpenVLA RLDS pipeline: Lanczos resize, crop, colour jitter (vlm4vla.data.transforms).
         return openvla_image_transform(augment=True, size=self.image_size, crop_scale=self.crop_scale)

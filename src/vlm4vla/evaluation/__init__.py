@@ -8,6 +8,7 @@ from vlm4vla.evaluation.chunking import MODES, ActionQueue, parse_modes, steps_p
 from vlm4vla.evaluation.client import PolicyClient
 from vlm4vla.evaluation.plugin import (
     ENTRY_POINT_GROUP,
+    PROTOCOLS,
     EvaluationError,
     Evaluator,
     IncompatibleBundleError,
@@ -25,6 +26,7 @@ from vlm4vla.evaluation.store import CellStore, StoreError
 __all__ = [
     "ENTRY_POINT_GROUP",
     "MODES",
+    "PROTOCOLS",
     "ActionQueue",
     "CellStore",
     "EvaluationError",

@@ -22,6 +22,18 @@ describes its episodes and how to roll one out:
   ``completed`` and ``subtasks: [{"task", "success", "steps"}, …]``);
 * ``metric(records)`` — the headline number, ``summarize(records)`` — its breakdown.
 
+Settings and protocols. A plugin's options are keyword arguments of its constructor, set from
+the command line (``vlm4vla-eval --suite-option camera_size=256``); ``settings()`` returns every
+one that can change an outcome and ``simulator_versions()`` the installed simulator packages —
+both are written into each cell's ``meta.json`` and a resume with other values is refused. Every
+plugin takes ``protocol`` (`PROTOCOLS`): ``standard`` is the benchmark's canonical loop,
+``released`` what the released VLM4VLA evaluation does. A protocol can share one env between
+episodes (``env_group(spec)`` returns the group; the harness builds the env once, seeded with the
+base seed, and calls ``reuse_env`` before each later episode of the group, in protocol order) and
+has its own chunk modes (``protocol_modes()``). ``bundle_settings(config)`` derives per-bundle
+inputs (camera size, crop, image size) from the bundle's ``vla_config.json``; the harness passes
+them to the plugin as ``spec["bundle"]`` and records them in ``meta.json``.
+
 Simulator packages are optional: a plugin whose simulator is missing raises
 `SimulatorImportError` (an ``ImportError``) whose message says how to install it, from
 ``check_available()`` or ``make_env``.
@@ -33,6 +45,7 @@ import abc
 import contextlib
 import importlib
 import importlib.metadata
+import inspect
 import io
 import math
 import sys
@@ -48,6 +61,9 @@ if TYPE_CHECKING:
     from vlm4vla.evaluation.client import PolicyClient
 
 ENTRY_POINT_GROUP = "vlm4vla.evaluators"
+
+PROTOCOLS: tuple[str, ...] = ("standard", "released")
+"""``standard``: the benchmark's canonical evaluation loop; ``released``: the released VLM4VLA code's."""
 
 # Suites of the paper whose plugins are not part of the core package: name → how to get it.
 KNOWN_SUITES: dict[str, str] = {
@@ -91,6 +107,42 @@ class Evaluator(abc.ABC):
     normaliser maps the gripper to the other one is refused. ``None``: not checked."""
     gripper_hint: ClassVar[str] = ""
     """What the env expects of the gripper and how to train for it (ends the refusal message)."""
+    protocol: str = "standard"
+    """The evaluation protocol (`PROTOCOLS`), set by the constructor's ``protocol`` option."""
+
+    def __init__(self, *, protocol: str = "standard") -> None:
+        if protocol not in PROTOCOLS:
+            raise EvaluationError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
+
+    # ---------------------------------------------------------------- settings
+    def settings(self) -> dict[str, Any]:
+        """Every setting of this evaluator that can change an outcome (JSON values), recorded in
+        each cell's ``meta.json``; subclasses extend it with their options."""
+        return {"protocol": self.protocol}
+
+    def simulator_versions(self) -> dict[str, Any]:
+        """Installed versions of the simulator packages (recorded with the settings); cheap, no import."""
+        return {}
+
+    def protocol_modes(self) -> tuple[str, ...]:
+        """The chunk modes the protocol evaluates (``--modes`` overrides); default: all three."""
+        from vlm4vla.evaluation.chunking import MODES
+
+        return MODES
+
+    def bundle_settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Per-bundle inputs (JSON values) from a bundle's ``vla_config.json``: passed to the plugin
+        as ``spec["bundle"]`` and recorded in each cell's ``meta.json``. Default: none."""
+        return {}
+
+    def env_group(self, spec: Mapping[str, Any]) -> str | None:
+        """Episodes with the same group share one env, in protocol order; None: a fresh env each."""
+        return None
+
+    def reuse_env(self, env: Any, spec: Mapping[str, Any]) -> Any:
+        """The env of the previous episode of the group, prepared for ``spec`` (see `env_group`)."""
+        raise NotImplementedError(f"suite {self.name!r} shares envs between episodes but has no reuse_env")
 
     # ---------------------------------------------------------------- episodes
     @abc.abstractmethod
@@ -167,6 +219,27 @@ class Evaluator(abc.ABC):
                     f"the policy's normaliser maps the gripper to the {kind!r} convention of its training data, "
                     f"but {self.gripper_hint}"
                 )
+
+
+def require_action_statistics(config: Mapping[str, Any], *, allow_unnormalized: bool = False) -> None:
+    """Refuse a bundle without action statistics: its actions are in the normalised training range,
+    not the env's units (metres, radians on SimplerEnv), unless the user says so."""
+    if config.get("normalizer") is None and not allow_unnormalized:
+        raise IncompatibleBundleError(
+            "the bundle has no action statistics (vla_config.json 'normalizer' is null), so its actions are "
+            "normalised values, not the env's units; train it with a datamodule or pass --allow-unnormalized"
+        )
+
+
+def distribution_versions(*names: str) -> dict[str, str | None]:
+    """``{distribution: version or None}`` from the installed metadata, without importing anything."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def checked_action(action: Any, suite: str) -> np.ndarray:
@@ -265,8 +338,19 @@ def _not_found(name: str) -> SuiteNotFoundError:
     return SuiteNotFoundError(f"suite {name!r} is not installed (installed: {installed}); {how}")
 
 
-def load_evaluator(name: str) -> Evaluator:
-    """Instantiate the evaluator called ``name`` (in-process registry first, then entry points)."""
+def evaluator_options(cls: type[Evaluator]) -> dict[str, inspect.Parameter]:
+    """The keyword options of an evaluator class's constructor (what ``--suite-option`` may set)."""
+    return {
+        name: param
+        for name, param in inspect.signature(cls).parameters.items()
+        if param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def load_evaluator(name: str, options: Mapping[str, Any] | None = None) -> Evaluator:
+    """Instantiate the evaluator called ``name`` (in-process registry first, then entry points)
+    with ``options`` as constructor keywords (``--suite-option``; unknown names refused)."""
+    options = dict(options or {})
     obj: Any = _REGISTRY.get(name)
     if obj is None:
         ep = _entry_points().get(name)
@@ -276,7 +360,23 @@ def load_evaluator(name: str) -> Evaluator:
             obj = ep.load()
         except ImportError as err:
             raise SimulatorImportError(f"the plugin of suite {name!r} ({ep.value}) failed to import: {err}") from err
-    evaluator = obj() if isinstance(obj, type) else obj
+    if isinstance(obj, type):
+        valid = evaluator_options(obj)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            known = ", ".join(sorted(valid)) or "none"
+            raise EvaluationError(f"--suite-option: suite {name!r} has no option {', '.join(unknown)} (options: {known})")
+        try:
+            evaluator = obj(**options)
+        except VLM4VLAError as err:
+            raise EvaluationError(f"--suite-option: suite {name!r}: {err}") from None
+        except (TypeError, ValueError) as err:
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise EvaluationError(f"--suite-option: suite {name!r} rejected {given}: {err}") from None
+    elif options:
+        raise EvaluationError(f"--suite-option: suite {name!r} is a registered instance and takes no options")
+    else:
+        evaluator = obj
     if not isinstance(evaluator, Evaluator):
         raise EvaluationError(f"suite {name!r}: {type(evaluator).__name__} is not a vlm4vla Evaluator")
     return evaluator

@@ -6,8 +6,12 @@ the plugin's ``run_episode``; each time its `PolicyClient` needs a chunk it send
 observation to the main process, which gathers the requests of all waiting workers into one
 ``predict_chunk`` call and sends each worker its chunk back.
 
-Episodes are independent (fresh env, seed derived from the episode, cleared action queue), so
-each episode's outcome does not depend on which worker ran it or on the number of workers.
+The unit of work is a `Unit`: one episode with a fresh env (seed derived from the episode, cleared
+action queue), or — for a protocol that shares an env between episodes (`Evaluator.env_group`) —
+a group of episodes run back to back in one env, in protocol order, in one worker. Either way an
+episode's outcome does not depend on which worker ran it or on the number of workers. A group
+resumed after an interruption replays its finished episodes (``Job.replay``: run, not stored) so
+that the shared env reaches the later ones in the state it would have had.
 Batched forwards are not bit-identical to single-sample ones on every backend (CPU GEMMs block
 by batch size: differences around 1e-7); ``max_batch=1`` makes every query a batch of one.
 """
@@ -38,7 +42,7 @@ PredictFn = Callable[[Sequence[np.ndarray], Sequence[str]], np.ndarray]
 """(images, instructions) → (B, N, action_dim) actions."""
 
 HARNESS_FIELDS = (
-    "suite", "task", "episode_id", "checkpoint", "step", "mode", "chunk_size", "steps_per_query",
+    "suite", "protocol", "task", "episode_id", "checkpoint", "step", "mode", "chunk_size", "steps_per_query",
     "policy_queries", "seed", "max_steps", "seconds",
 )  # fmt: skip
 
@@ -62,6 +66,18 @@ class Job:
     seed: int
     max_steps: int | None = None
     video_path: str | None = None
+    protocol: str = "standard"
+    replay: bool = False
+    """Run only to bring a shared env to the state of the next episode; its record is not stored."""
+
+
+@dataclass
+class Unit:
+    """Episodes one worker runs back to back: a single job with its own env (``shared_env=False``),
+    or a group sharing one env, built for the first and `Evaluator.reuse_env`-ed for the others."""
+
+    jobs: list[Job]
+    shared_env: bool = False
 
 
 @dataclass
@@ -83,28 +99,26 @@ class RunStats:
         self.batch_sizes[batch] = self.batch_sizes.get(batch, 0) + 1
 
 
-def execute_job(evaluator: Evaluator, job: Job, query: Callable[[np.ndarray, str], np.ndarray]) -> dict[str, Any]:
-    """Run one episode in this process: fresh env, cleared queue, plugin rollout, flat record."""
+def _rollout(
+    evaluator: Evaluator, job: Job, env: Any, query: Callable[[np.ndarray, str], np.ndarray], start: float
+) -> dict[str, Any]:
+    """One episode in ``env`` through a fresh `PolicyClient`, as a flat record."""
     client = PolicyClient(query, mode=job.mode, chunk_size=job.chunk_size, record_frames=job.video_path is not None)
-    start = time.perf_counter()
-    env = evaluator.make_env(job.spec, seed=job.seed)
-    try:
-        client.reset()
-        result = evaluator.run_episode(env, client, job.spec, max_steps=job.max_steps)
-    finally:
-        evaluator.close_env(env)
+    client.reset()
+    result = evaluator.run_episode(env, client, job.spec, max_steps=job.max_steps)
     seconds = time.perf_counter() - start
     if not isinstance(result, Mapping) or "success" not in result or "steps" not in result:
         raise EvaluationError(
             f"suite {evaluator.name!r}: run_episode must return a dict with 'success' and 'steps', got {result!r}"
         )
-    if job.video_path is not None and client.frames:
+    if job.video_path is not None and client.frames and not job.replay:
         from vlm4vla.evaluation.report import write_video
 
         write_video(client.frames, job.video_path)
     record = {k: v for k, v in result.items() if k not in HARNESS_FIELDS}
     record.update(
         suite=evaluator.name,
+        protocol=job.protocol,
         task=job.task,
         episode_id=job.episode_id,
         checkpoint=job.checkpoint,
@@ -122,6 +136,39 @@ def execute_job(evaluator: Evaluator, job: Job, query: Callable[[np.ndarray, str
     record["success"] = bool(record["success"])
     record["steps"] = int(record["steps"])
     return record
+
+
+def execute_job(evaluator: Evaluator, job: Job, query: Callable[[np.ndarray, str], np.ndarray]) -> dict[str, Any]:
+    """Run one episode in this process: fresh env, cleared queue, plugin rollout, flat record."""
+    start = time.perf_counter()
+    env = evaluator.make_env(job.spec, seed=job.seed)
+    try:
+        return _rollout(evaluator, job, env, query, start)
+    finally:
+        evaluator.close_env(env)
+
+
+Emit = Callable[[int, dict[str, Any]], None]
+"""(index of the job in its unit, record) for every job of a unit that is not a replay."""
+
+
+def execute_unit(evaluator: Evaluator, unit: Unit, query: Callable[[np.ndarray, str], np.ndarray], emit: Emit) -> None:
+    """Run a unit's episodes in order in this process, emitting each stored record as it finishes."""
+    if not unit.shared_env:
+        for index, job in enumerate(unit.jobs):
+            emit(index, execute_job(evaluator, job, query))
+        return
+    env: Any = None
+    try:
+        for index, job in enumerate(unit.jobs):
+            start = time.perf_counter()
+            env = evaluator.make_env(job.spec, seed=job.seed) if env is None else evaluator.reuse_env(env, job.spec)
+            record = _rollout(evaluator, job, env, query, start)
+            if not job.replay:
+                emit(index, record)
+    finally:
+        if env is not None:
+            evaluator.close_env(env)
 
 
 def _timed_predict(
@@ -146,16 +193,21 @@ class InlinePool:
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
 
-    def run(self, jobs: Sequence[Job], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
+    def run(self, units: Sequence[Unit], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
         start = time.perf_counter()
+
+        def query(image: np.ndarray, text: str) -> np.ndarray:
+            return _timed_predict(predict, stats, [image], [text])[0]
+
         try:
-            for job in jobs:
-                record = execute_job(
-                    self.evaluator, job, lambda image, text: _timed_predict(predict, stats, [image], [text])[0]
-                )
-                stats.episodes += 1
-                stats.env_steps += record["steps"]
-                on_record(job, record)
+            for unit in units:
+
+                def emit(index: int, record: dict[str, Any], unit: Unit = unit) -> None:
+                    stats.episodes += 1
+                    stats.env_steps += record["steps"]
+                    on_record(unit.jobs[index], record)
+
+                execute_unit(self.evaluator, unit, query, emit)
         finally:
             stats.wall_seconds += time.perf_counter() - start
 
@@ -197,15 +249,15 @@ def _worker_main(wid: int, evaluator: Evaluator, inbox: Any, outbox: Any) -> Non
         msg = _get(outbox, parent)
         if msg[0] == "stop":
             return
-        job: Job = msg[1]
+        unit: Unit = msg[1]
         try:
-            record = execute_job(evaluator, job, query)
+            execute_unit(evaluator, unit, query, lambda index, record: inbox.put(("done", wid, record, index)))
         except BaseException as err:  # reported to the main process, which stops the run
             inbox.put(
                 ("error", wid, type(err).__name__, str(err), traceback.format_exc(), isinstance(err, ImportError))
             )
             return
-        inbox.put(("done", wid, record))
+        inbox.put(("unit_done", wid))
 
 
 class ProcessPool:
@@ -255,11 +307,11 @@ class ProcessPool:
             elif msg[0] == "error":
                 raise SimulatorImportError(msg[3]) if msg[5] else EvaluationError(f"{msg[2]}: {msg[3]}")
 
-    def run(self, jobs: Sequence[Job], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
+    def run(self, units: Sequence[Unit], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
         self._wait_ready()  # process start-up is not part of the measured run
         start = time.perf_counter()
-        pending = deque(jobs)
-        running: dict[int, Job] = {}
+        pending = deque(units)
+        running: dict[int, Unit] = {}
         waiting: list[tuple[int, np.ndarray, str]] = []
         idle = deque(sorted(self._ready))
 
@@ -286,15 +338,16 @@ class ProcessPool:
                     elif kind == "obs":
                         waiting.append((w, msg[2], msg[3]))
                     elif kind == "done":
-                        job = running.pop(w)
                         stats.episodes += 1
                         stats.env_steps += msg[2]["steps"]
+                        on_record(running[w].jobs[msg[3]], msg[2])
+                    elif kind == "unit_done":
+                        running.pop(w)
                         idle.append(w)
-                        on_record(job, msg[2])
                     elif kind == "error":
                         _, _, name, text, tb, is_import = msg
-                        job = running.get(w)
-                        where = f" in {job.task} episode {job.episode_id}" if job else ""
+                        unit = running.get(w)
+                        where = f" in {unit.jobs[0].task} episode {unit.jobs[0].episode_id}" if unit else ""
                         if is_import:
                             raise SimulatorImportError(text)
                         raise EvaluationError(f"{name}{where}: {text}\n{tb}")

@@ -5,8 +5,10 @@
 * Re-running the same command skips the episodes already in the file: nothing is lost and
   nothing is duplicated. A last line cut short by a kill is ignored and cut off the file
   before new records are appended; a damaged line elsewhere is an error (never rewritten).
-* ``meta.json`` beside it records the settings that change outcomes (suite, seed, max steps);
-  resuming with different settings is refused instead of mixing incompatible episodes.
+* ``meta.json`` beside it records the settings that change outcomes (suite, protocol, seed, max
+  steps, chunk size, the evaluator's ``settings()``, the simulator versions, the per-bundle
+  inputs); resuming with a different or unrecorded value is refused, naming it, instead of
+  mixing incompatible episodes.
 * Summaries are written atomically (`vlm4vla.files.write_atomic`: temp file + fsync + rename).
 * One run at a time per output directory: `ResultsLock` holds an OS lock (``flock``) on
   ``OUT/.vlm4vla-eval.lock`` for the whole run; a second run is refused, naming the holder.
@@ -177,9 +179,17 @@ class CellStore:
             stored = json.loads(meta_path.read_text())
         except ValueError:
             raise StoreError(f"{meta_path}: damaged; move the cell directory away to re-run it") from None
-        diff = [k for k in self.meta if k in stored and stored[k] != self.meta[k]]
+        # Compared as JSON values (tuples are lists once stored).
+        wanted, have = _flatten(json.loads(json.dumps(self.meta))), _flatten(stored)
+        missing = [k for k in wanted if k not in have]
+        if missing:
+            raise StoreError(
+                f"{meta_path} does not record {', '.join(missing)} (written by an older vlm4vla or by hand), so "
+                "its episodes may come from other settings; use another --out"
+            )
+        diff = [k for k in wanted if have[k] != wanted[k]]
         if diff:
-            details = ", ".join(f"{k} {stored[k]!r} → {self.meta[k]!r}" for k in diff)
+            details = ", ".join(f"{k} {have[k]!r} → {wanted[k]!r}" for k in diff)
             raise StoreError(
                 f"{self.directory} holds results produced with other settings ({details}); "
                 "use another --out or the original settings"
@@ -216,6 +226,18 @@ class CellStore:
             f.flush()
             os.fsync(f.fileno())
         self._records[key] = dict(record)
+
+
+def _flatten(meta: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"settings": {"camera_size": 256}}`` → ``{"settings.camera_size": 256}``: a refusal names the setting."""
+    flat: dict[str, Any] = {}
+    for key, value in meta.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def cell_directory(out: str | os.PathLike, checkpoint: str, mode: str) -> Path:

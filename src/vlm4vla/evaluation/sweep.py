@@ -3,6 +3,7 @@ episodes, then summarise every cell and pick the best one."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -12,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from vlm4vla.evaluation.chunking import MODES, steps_per_query
-from vlm4vla.evaluation.plugin import EvaluationError, Evaluator
+from vlm4vla.evaluation.chunking import steps_per_query
+from vlm4vla.evaluation.plugin import EvaluationError, Evaluator, require_action_statistics
 from vlm4vla.evaluation.report import write_reports
-from vlm4vla.evaluation.runner import Job, PredictFn, RunStats, episode_seed, make_pool
+from vlm4vla.evaluation.runner import Job, PredictFn, RunStats, Unit, episode_seed, make_pool
 from vlm4vla.evaluation.store import CellStore, ResultsLock, cell_directory, ensure_writable, episode_key
 from vlm4vla.policy.bundle import CONFIG_NAME, BundleError, check_bundle_files
 
@@ -65,7 +66,10 @@ def resolve_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
 
 @dataclass
 class SweepSettings:
-    modes: Sequence[str] = MODES
+    """What to run. ``modes=None``: the protocol's modes (`Evaluator.protocol_modes`).
+    ``allow_unnormalized``: evaluate bundles without action statistics (refused otherwise)."""
+
+    modes: Sequence[str] | None = None
     tasks: Sequence[str] | None = None
     episodes_per_task: int | None = None
     max_steps: int | None = None
@@ -73,6 +77,7 @@ class SweepSettings:
     workers: int = 1
     max_batch: int | None = None
     video: int = 0
+    allow_unnormalized: bool = False
 
 
 @dataclass
@@ -124,6 +129,18 @@ def plan_episodes(evaluator: Evaluator, settings: SweepSettings) -> list[dict[st
     return specs
 
 
+def cell_meta(evaluator: Evaluator, settings: SweepSettings) -> dict[str, Any]:
+    """The settings recorded in every cell's ``meta.json`` (a resume with other values is refused)."""
+    return {
+        "suite": evaluator.name,
+        "protocol": evaluator.protocol,
+        "seed": settings.seed,
+        "max_steps": settings.max_steps,
+        "settings": evaluator.settings(),
+        "simulator": evaluator.simulator_versions(),
+    }
+
+
 def _safe(name: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(name)).strip("_") or "_"
 
@@ -150,8 +167,11 @@ def run_sweep(
     they were (its finished episodes are kept and the next run resumes from them).
     """
     out = ensure_writable(out)
+    if settings.modes is None:
+        settings = dataclasses.replace(settings, modes=list(evaluator.protocol_modes()))
     for ckpt in checkpoints:
         try:
+            require_action_statistics(ckpt.config, allow_unnormalized=settings.allow_unnormalized)
             evaluator.check_bundle(ckpt.config)
         except EvaluationError as err:
             raise type(err)(f"{ckpt.path}: {err}") from None
@@ -177,39 +197,55 @@ def _run_locked(
     for spec in specs:
         first_of_task.setdefault(spec["task"], []).append(spec["episode_id"])
 
-    meta = {"suite": evaluator.name, "seed": settings.seed, "max_steps": settings.max_steps}
+    meta = cell_meta(evaluator, settings)
     stores: dict[tuple[str, str], CellStore] = {}
-    jobs_by_ckpt: dict[str, list[Job]] = {}
+    units_by_ckpt: dict[str, list[Unit]] = {}
     skipped = 0
     for ckpt in checkpoints:
         chunk = int(ckpt.config["chunk_size"])
-        jobs = jobs_by_ckpt.setdefault(ckpt.name, [])
+        bundle = evaluator.bundle_settings(ckpt.config)
+        units = units_by_ckpt.setdefault(ckpt.name, [])
         for mode in settings.modes:
             directory = cell_directory(out, ckpt.name, mode)
-            store = stores[(ckpt.name, mode)] = CellStore(directory, {**meta, "chunk_size": chunk})
+            store = stores[(ckpt.name, mode)] = CellStore(directory, {**meta, "chunk_size": chunk, "bundle": bundle})
             done = store.load(repair=True)
+            groups: dict[str, list[Job]] = {}
             for spec in specs:
-                if episode_key(spec["task"], spec["episode_id"]) in done:
+                spec = {**spec, "bundle": bundle}
+                finished = episode_key(spec["task"], spec["episode_id"]) in done
+                group = evaluator.env_group(spec)
+                if finished:
                     skipped += 1
-                    continue
+                    if group is None:
+                        continue
                 video = None
                 if settings.video and spec["episode_id"] in first_of_task[spec["task"]][: settings.video]:
                     video = str(directory / "videos" / _safe(spec["task"]) / f"{_safe(spec['episode_id'])}.mp4")
-                jobs.append(
-                    Job(
-                        spec=spec,
-                        task=spec["task"],
-                        episode_id=spec["episode_id"],
-                        checkpoint=ckpt.name,
-                        step=ckpt.step,
-                        mode=mode,
-                        chunk_size=chunk,
-                        seed=episode_seed(settings.seed, spec["task"], spec["episode_id"]),
-                        max_steps=settings.max_steps,
-                        video_path=video,
-                    )
+                job = Job(
+                    spec=spec,
+                    task=spec["task"],
+                    episode_id=spec["episode_id"],
+                    checkpoint=ckpt.name,
+                    step=ckpt.step,
+                    mode=mode,
+                    chunk_size=chunk,
+                    # A shared env is seeded once, with the base seed (the released code's env.seed(0)).
+                    seed=settings.seed if group is not None else episode_seed(settings.seed, spec["task"], spec["episode_id"]),
+                    max_steps=settings.max_steps,
+                    video_path=video,
+                    protocol=evaluator.protocol,
+                    replay=finished,
                 )
-    to_run = sum(len(j) for j in jobs_by_ckpt.values())
+                if group is None:
+                    units.append(Unit([job]))
+                else:
+                    groups.setdefault(group, []).append(job)
+            for jobs in groups.values():
+                # Run up to the group's last missing episode, replaying the finished ones before it.
+                last = max((i for i, j in enumerate(jobs) if not j.replay), default=None)
+                if last is not None:
+                    units.append(Unit(jobs[: last + 1], shared_env=True))
+    to_run = sum(not job.replay for units in units_by_ckpt.values() for unit in units for job in unit.jobs)
     if on_plan is not None:
         on_plan(to_run, skipped)
 
@@ -225,9 +261,9 @@ def _run_locked(
     if to_run:
         with make_pool(evaluator, settings.workers, max_batch=settings.max_batch) as pool:
             for ckpt in checkpoints:
-                jobs = jobs_by_ckpt[ckpt.name]
-                if jobs:
-                    pool.run(jobs, policy_loader(ckpt), store_record, stats)
+                units = units_by_ckpt[ckpt.name]
+                if units:
+                    pool.run(units, policy_loader(ckpt), store_record, stats)
     cells, best = _summarize(evaluator, checkpoints, settings, stores, specs, out)
     return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped)
 

@@ -73,6 +73,9 @@ class VLAConfig:
         gripper_loss_weight: λ of the gripper BCE.
         freeze_vision_encoder / freeze_word_embeddings / freeze_llm / lora: training switches.
         normalizer: the action normaliser (its ``to_dict()``), inverted by ``predict_chunk``.
+        image_pipeline: what the training images went through (dataset, stored frame size,
+            training resize, random-crop area; the datamodule's ``image_pipeline()``), so that
+            evaluation renders and crops alike. ``None``: not recorded (older bundles).
         qwen_positions / paligemma_attention / kosmos2_prompt / deepstack: the released code's
             behaviours (`BACKBONE_SWITCHES`); ``None`` = the stock model. Each applies to some
             families only and is refused for the others. A policy's `config` (and so a bundle)
@@ -92,6 +95,7 @@ class VLAConfig:
     freeze_llm: bool = False
     lora: LoraSettings | None = None
     normalizer: dict[str, Any] | None = None
+    image_pipeline: dict[str, Any] | None = None
     qwen_positions: str | None = None
     paligemma_attention: str | None = None
     kosmos2_prompt: str | None = None

@@ -46,6 +46,8 @@ class VLAPolicy(nn.Module):
         self.chunk_size = int(chunk_size)
         self.gripper_loss_weight = float(gripper_loss_weight)
         self.normalizer = normalizer
+        # What the training images went through (`VLAConfig.image_pipeline`), set by training.
+        self.image_pipeline: dict[str, Any] | None = None
         self.lora_settings: LoraSettings | None = None
         # The config it was created from (`from_config`); `config` reflects the current state.
         self.spec: VLAConfig | None = None
@@ -134,6 +136,7 @@ class VLAPolicy(nn.Module):
             normalizer=normalizer_from_dict(config.normalizer) if config.normalizer is not None else None,
         )
         policy.spec = config
+        policy.image_pipeline = dict(config.image_pipeline) if config.image_pipeline is not None else None
         # peft builds its adapters on the default device: on meta, keep them there too.
         meta = backbone.device.type == "meta"
         with torch.device("meta") if meta else contextlib.nullcontext():
@@ -160,6 +163,7 @@ class VLAPolicy(nn.Module):
             gripper_loss_weight=self.gripper_loss_weight,
             lora=self.lora_settings,
             normalizer=self.normalizer.to_dict() if self.normalizer is not None else None,
+            image_pipeline=dict(self.image_pipeline) if self.image_pipeline is not None else None,
         )
 
     def save_pretrained(self, directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:

@@ -273,6 +273,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             from vlm4vla.policy.action_space import normalizer_from_dict
 
             policy.normalizer = normalizer_from_dict(value["normalizer"])
+            if value.get("image_pipeline") is not None:
+                policy.image_pipeline = dict(value["image_pipeline"])
     return save_bundle(policy, output)
 
 

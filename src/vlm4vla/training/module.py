@@ -149,6 +149,8 @@ class VLAModule(pl.LightningModule):
             datamodule.set_inputs_fn(self.policy.backbone.input_processor)
         if getattr(datamodule, "normalizer", None) is not None:
             self.policy.normalizer = datamodule.normalizer
+        if hasattr(datamodule, "image_pipeline"):
+            self.policy.image_pipeline = datamodule.image_pipeline()
 
     def configure_model(self) -> None:
         """Called by Lightning after ``setup``; under ``ModelParallelStrategy`` shards with FSDP2."""

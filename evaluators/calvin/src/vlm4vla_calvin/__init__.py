@@ -3,7 +3,7 @@
 Importing this package does not import calvin_env; see `vlm4vla_calvin.evaluator`.
 """
 
-from vlm4vla_calvin.env import CONFIG_ENV, EGL_ENV, INSTALL_HINT
+from vlm4vla_calvin.env import BENCHMARK_COMMIT, INSTALL_HINT
 from vlm4vla_calvin.evaluator import (
     EP_LEN,
     GROUP,
@@ -18,8 +18,7 @@ from vlm4vla_calvin.evaluator import (
 from vlm4vla_calvin.sequences import NUM_SEQUENCES, SEQUENCE_LENGTH, CalvinEvalSet, CalvinSequence, load_eval_set
 
 __all__ = [
-    "CONFIG_ENV",
-    "EGL_ENV",
+    "BENCHMARK_COMMIT",
     "EP_LEN",
     "GROUP",
     "INSTALL_HINT",

@@ -10,7 +10,8 @@ Metrics: success rate at chain length i = fraction of sequences with ≥ i compl
 (i = 1..5) and the average length (mean completed, the headline ``avg_len``, max 5).
 
 Consistency with training (`vlm4vla.data.calvin`): the policy sees ``rgb_obs/rgb_static``
-(200×200 uint8, no rotation), as the datamodule does. A bundle trained with
+(200×200 uint8, no rotation) resized to its image size with the bicubic resize of training
+(`vlm4vla.imaging.policy_image`), as the datamodule does. A bundle trained with
 `calvin_normalizer` returns de-normalised relative actions (arm within ±0.65) and a gripper of
 −1/+1 (+1 = open, CALVIN's convention); the env action is the 7-d relative action with the arm
 clipped to [-1, 1] and the gripper mapped by sign to exactly −1/+1 (calvin_env asserts that).
@@ -18,15 +19,20 @@ clipped to [-1, 1] and the gripper mapped by sign to exactly −1/+1 (calvin_env
 Episodes for the harness: one task group (``abc_d``), episode ``k`` = sequence ``k``;
 ``vlm4vla-eval --suite calvin --episodes-per-task K`` runs the first K sequences.
 
-Determinism: the harness builds one env per episode in the worker that runs it (and closes it
-after), so every sequence starts from a freshly built simulator: repeats are bit-identical.
+Protocols (``--protocol``): ``standard`` builds a fresh env per sequence in the worker that runs it
+(and closes it after), so every sequence starts from a freshly built simulator: repeats are
+bit-identical and independent of the worker count. ``released`` reproduces the released VLM4VLA
+``eval/calvin/evaluate_ddp-v2.py`` on its 8 GPU ranks: rank ``r`` evaluates sequences ``r, r + 8,
+…`` in one env it reuses (``released_ranks`` groups), chunks executed in full only. Both record
+the calvin_env commit; a calvin_env that is not the benchmark's pinned commit is warned about.
 
 Nothing here imports calvin_env at module import time.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import logging
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -36,13 +42,25 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.errors import ConfigError
-from vlm4vla.evaluation.plugin import Evaluator, SimulatorImportError, capped, close_if_closable, signed_gripper_action
+from vlm4vla.evaluation.plugin import (
+    Evaluator,
+    SimulatorImportError,
+    capped,
+    close_if_closable,
+    distribution_versions,
+    signed_gripper_action,
+)
+from vlm4vla.imaging import policy_image
 from vlm4vla_calvin import env as calvin_env_setup
 from vlm4vla_calvin.sequences import NUM_SEQUENCES, SEQUENCE_LENGTH, load_eval_set
 
 EP_LEN = 360
 GROUP = "abc_d"
 IMAGE_KEY = "rgb_static"
+RELEASED_RANKS = 8
+PROTOCOL_MODES = {"standard": ("full", "half", "single"), "released": ("full",)}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +76,7 @@ class CalvinEpisode:
     scene_obs: np.ndarray
     subtasks: tuple[str, ...]
     instructions: Mapping[str, str]
+    image_size: int = 224
 
     def close(self) -> None:
         """Disconnect the simulator once.
@@ -83,6 +102,18 @@ def static_image(obs: Mapping[str, Any]) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{IMAGE_KEY}: expected (H, W, 3) uint8, got {image.dtype} {image.shape}")
     return image
+
+
+def _sequence(spec: Mapping[str, Any]) -> Any:
+    """The shipped sequence of an episode spec (its id in range, its subtasks the shipped ones)."""
+    eval_set = load_eval_set()
+    k = int(spec["episode_id"])
+    if not 0 <= k < len(eval_set.sequences):
+        raise ConfigError(f"CALVIN sequence {k} out of range (the set has {len(eval_set.sequences)})")
+    sequence = eval_set.sequences[k]
+    if list(spec.get("subtasks", sequence.subtasks)) != list(sequence.subtasks):
+        raise ConfigError(f"CALVIN sequence {k}: spec subtasks {spec['subtasks']} differ from the shipped set")
+    return sequence
 
 
 # -------------------------------------------------------------------- metrics
@@ -119,13 +150,17 @@ def per_subtask(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any
 
 # -------------------------------------------------------------------- the plugin
 class CalvinEvaluator(Evaluator):
-    """CALVIN ABC→D (``vlm4vla-eval --suite calvin``).
+    """CALVIN ABC→D (``vlm4vla-eval --suite calvin``); options via ``--suite-option KEY=VALUE``.
 
     Args:
+        protocol: ``standard`` (a fresh env per sequence) or ``released`` (the released code's
+            env reuse across each rank's sequences, mode full).
         max_steps: step limit per subtask (protocol: 360); ``vlm4vla-eval --max-steps`` caps it further.
         config_path: a dataset's ``validation/.hydra/merged_config.yaml`` (or its directory) to build
-            the env from; default ``$VLM4VLA_CALVIN_CONFIG``, else calvin_env's own configs.
-        use_egl: force EGL (True) or TinyRenderer (False); default ``$VLM4VLA_CALVIN_EGL`` or autodetect.
+            the env from; default: calvin_env's own configs.
+        use_egl: force EGL (true) or TinyRenderer (false); default: EGL when available.
+        released_ranks: GPU ranks of the released evaluation (``released``: sequences ``r::ranks``
+            share an env).
     """
 
     name = "calvin"
@@ -135,14 +170,51 @@ class CalvinEvaluator(Evaluator):
     gripper_convention = "signed"
     gripper_hint = "CALVIN takes −1 (close) / +1 (open); train it with the CALVIN datamodule"
 
-    def __init__(self, *, max_steps: int = EP_LEN, config_path: str | None = None, use_egl: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        protocol: str = "standard",
+        max_steps: int = EP_LEN,
+        config_path: str | None = None,
+        use_egl: bool | None = None,
+        released_ranks: int = RELEASED_RANKS,
+    ) -> None:
+        super().__init__(protocol=protocol)
         self.max_steps = int(max_steps)
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps must be ≥ 1, got {self.max_steps}")
-        self.config_path = (
-            config_path if config_path is not None else (os.environ.get(calvin_env_setup.CONFIG_ENV) or None)
-        )
+        self.released_ranks = int(released_ranks)
+        if self.max_steps < 1 or self.released_ranks < 1:
+            raise ConfigError(f"max_steps and released_ranks must be ≥ 1, got {self.max_steps}, {self.released_ranks}")
+        if use_egl is not None and not isinstance(use_egl, bool):
+            raise ConfigError(f"use_egl: expected true (EGL) or false (TinyRenderer), got {use_egl!r}")
+        self.config_path = None if config_path is None else str(config_path)
         self.use_egl = use_egl
+        self._versions: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- settings
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "max_steps": self.max_steps,
+            "config_path": self.config_path,
+            "use_egl": self.use_egl,
+            "env_lifetime": f"{self.released_ranks} ranks" if self.protocol == "released" else "sequence",
+        }
+
+    def simulator_versions(self) -> dict[str, Any]:
+        if self._versions is None:
+            self._versions = {**distribution_versions("calvin_env", "pybullet"), **calvin_env_setup.calvin_env_version()}
+        return dict(self._versions)
+
+    def protocol_modes(self) -> tuple[str, ...]:
+        return PROTOCOL_MODES[self.protocol]
+
+    def bundle_settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"image_size": int(config.get("image_size", 224))}
+
+    def env_group(self, spec: Mapping[str, Any]) -> str | None:
+        if self.protocol != "released":
+            return None
+        return f"rank{int(spec['episode_id']) % self.released_ranks}"
 
     # ---------------------------------------------------------------- episodes
     def tasks(self) -> list[str]:
@@ -159,36 +231,56 @@ class CalvinEvaluator(Evaluator):
     def check_available(self) -> None:
         if not calvin_env_setup.calvin_env_installed():
             raise SimulatorImportError(f"calvin_env is not installed; {self.install_hint}")
+        calvin_env_setup.calvin_env_clone()  # a shadowed or non-editable install is told here
         if self.config_path:
             try:
                 calvin_env_setup.resolve_dataset_config(self.config_path)
             except FileNotFoundError as err:
                 raise SimulatorImportError(str(err)) from None
-        else:
-            calvin_env_setup.calvin_conf_dir()
         if self.use_egl is None:  # decided once, in the main process: every worker renders alike
-            self.use_egl = calvin_env_setup.use_egl_from_env()
+            self.use_egl = calvin_env_setup.resolve_use_egl(None)
+        version = self.simulator_versions()
+        if version.get("calvin_env_matches_benchmark") is False:
+            log.warning(
+                "calvin_env is at commit %s, not the benchmark's %s (its Button.reset differs: turn_off_led is "
+                "easier); results are recorded with calvin_env_matches_benchmark: false — see evaluators/calvin/README.md",
+                str(version["calvin_env_commit"])[:7],
+                calvin_env_setup.BENCHMARK_COMMIT,
+            )
 
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> CalvinEpisode:
+        k = _sequence(spec).index  # a bad spec is refused before the simulator is built
         eval_set = load_eval_set()
-        k = int(spec["episode_id"])
-        if not 0 <= k < len(eval_set.sequences):
-            raise ConfigError(f"CALVIN sequence {k} out of range (the set has {len(eval_set.sequences)})")
-        sequence = eval_set.sequences[k]
-        if list(spec.get("subtasks", sequence.subtasks)) != list(sequence.subtasks):
-            raise ConfigError(f"CALVIN sequence {k}: spec subtasks {spec['subtasks']} differ from the shipped set")
         sim = calvin_env_setup.make_sim(seed=seed, config_path=self.config_path, use_egl=self.use_egl)
         try:
             oracle = calvin_env_setup.make_task_oracle()
         except BaseException:
-            close_if_closable(sim)
+            # As CalvinEpisode.close: mark it disconnected, or its __del__ cuts the next env's connection.
+            CalvinEpisode(sim, None, k, np.zeros(0), np.zeros(0), (), {}).close()
             raise
-        return CalvinEpisode(
+        episode = CalvinEpisode(
             sim=sim,
             oracle=oracle,
             sequence=k,
             robot_obs=np.asarray(eval_set.robot_obs, dtype=np.float64),
+            scene_obs=np.zeros(0),
+            subtasks=(),
+            instructions={},
+            image_size=int((spec.get("bundle") or {}).get("image_size", 224)),
+        )
+        return self._retarget(episode, spec)
+
+    def reuse_env(self, env: CalvinEpisode, spec: Mapping[str, Any]) -> CalvinEpisode:
+        """The previous sequence's env for the next one (``released``): reset there by `run_episode`."""
+        return self._retarget(env, spec)
+
+    def _retarget(self, env: CalvinEpisode, spec: Mapping[str, Any]) -> CalvinEpisode:
+        sequence = _sequence(spec)
+        eval_set = load_eval_set()
+        return dataclasses.replace(
+            env,
+            sequence=sequence.index,
             scene_obs=np.asarray(sequence.scene_obs, dtype=np.float64),
             subtasks=sequence.subtasks,
             instructions={t: eval_set.instruction(t) for t in sequence.subtasks},
@@ -207,7 +299,8 @@ class CalvinEvaluator(Evaluator):
             start_info = sim.get_info()
             success, steps = False, 0
             while steps < limit:
-                action = to_env_action(policy.act(static_image(obs), instruction))
+                image = policy_image(static_image(obs), env.image_size)  # training's bicubic resize
+                action = to_env_action(policy.act(image, instruction))
                 obs, _reward, _done, info = sim.step(action)
                 steps += 1
                 if env.oracle.get_task_info_for_set(start_info, info, {name}):

