@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Two LIBERO-10 tasks for the quickstart's short evaluation.
 QUICKSTART_TASKS ?= LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket,KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it
 
-.PHONY: install install-libero install-plugins test quickstart clean
+.PHONY: install install-libero install-plugins install-maniskill3 vulkan test test-simpler quickstart clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -27,14 +27,36 @@ $(VENV)/.plugins: $(VENV)/.installed evaluators/calvin/pyproject.toml evaluators
 	$(PYTHON) -m pip install --quiet -e ./evaluators/calvin -e ./evaluators/simpler
 	touch $@
 
+# ManiSkill3 (mani_skill 3.0.1, SAPIEN 3.0.3) for the SimplerEnv-Bridge plugin, in the same
+# environment: its requirements agree with LIBERO's pins (numpy 1.26, mujoco 2.3.7).
+$(VENV)/.maniskill3: $(VENV)/.plugins evaluators/simpler/pyproject.toml
+	$(PYTHON) -m pip install --quiet -e "./evaluators/simpler[maniskill3]"
+	touch $@
+
+# The Bridge assets the SimplerEnv tests run on (its README: the table and eggplant meshes are
+# stand-ins, so success rates measured on them are not benchmark numbers).
+SIMPLER_ASSETS ?= ../shared/simpler-assets/ms3
+
 install: $(VENV)/.installed
 
 install-libero: $(VENV)/.libero
 
 install-plugins: install-libero $(VENV)/.plugins
 
+install-maniskill3: $(VENV)/.maniskill3
+
+# A Vulkan driver for SAPIEN 3 on CPU (Mesa lavapipe from bookworm-backports; apt, needs root).
+vulkan:
+	bash scripts/install-vulkan.sh
+
 test: install install-plugins
 	$(PYTHON) -m pytest
+
+# SimplerEnv-Bridge on a real ManiSkill3: every real-simulation test runs, none may be skipped.
+test-simpler: install install-plugins install-maniskill3 vulkan
+	@test -d "$(SIMPLER_ASSETS)/data" || { echo "test-simpler: no Bridge assets at $(SIMPLER_ASSETS)/data (set SIMPLER_ASSETS)"; exit 1; }
+	MS_ASSET_DIR="$(abspath $(SIMPLER_ASSETS))" VLM4VLA_REQUIRE_SIMULATOR=simpler_bridge \
+		$(PYTHON) -m pytest evaluators/simpler/tests -s -p no:logging   # -s: the measured timings
 
 # Tiny VLA trained on a generated LIBERO-format dataset, then evaluated in the real LIBERO
 # simulator on two tasks × one short episode × every checkpoint × all three chunk modes.
@@ -44,6 +66,7 @@ quickstart: install install-libero
 	$(VENV)/bin/vlm4vla fit --config recipes/quickstart.yaml
 	$(VENV)/bin/vlm4vla-eval --suite libero10 --ckpt runs/quickstart --tasks $(QUICKSTART_TASKS) \
 		--episodes-per-task 1 --max-steps 40 --workers 2 --out runs/quickstart/eval
+	$(VENV)/bin/vlm4vla report runs/quickstart/eval --out runs/quickstart/report
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache runs/quickstart data/quickstart

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import torch
 import vlm4vla_simpler.evaluator as ev
 from PIL import Image
+from scipy.spatial.transform import Rotation
 from vlm4vla_simpler import (
     BRIDGE_TASKS,
     MANISKILL3_ENV_IDS,
@@ -196,6 +198,27 @@ def test_euler_to_axis_angle_matches_scipy_extrinsic_xyz() -> None:
         )
 
 
+def test_maniskill3_gets_intrinsic_xyz_euler_angles_of_the_same_rotation() -> None:
+    """ManiSkill3 3.0.1 composes the action's rotation as euler_angles_to_matrix(rot, "XYZ") =
+    Rx·Ry·Rz (intrinsic); ManiSkill2_real2sim as from_rotvec(rot). Both must apply Bridge's
+    static-xyz roll/pitch/yaw rotation; scipy is the oracle for both conventions."""
+    rng = np.random.default_rng(0)
+    for rpy in rng.uniform(-0.6, 0.6, size=(200, 3)):
+        action = np.array([0.01, -0.02, 0.03, *rpy, 1.0])
+        target = Rotation.from_euler("xyz", rpy).as_matrix()  # Bridge: Rz(yaw) Ry(pitch) Rx(roll)
+        ms3 = to_env_action(action, "maniskill3")
+        ms2 = to_env_action(action, "simpler_env")
+        np.testing.assert_allclose(Rotation.from_euler("XYZ", ms3[3:6]).as_matrix(), target, atol=1e-12)
+        np.testing.assert_allclose(Rotation.from_rotvec(ms2[3:6]).as_matrix(), target, atol=1e-12)
+        np.testing.assert_array_equal(ms3[[0, 1, 2, 6]], ms2[[0, 1, 2, 6]])
+    # the helper's example, by hand: rpy (0.1, −0.2, 0.3) → XYZ (0.1564, −0.1600, 0.3226)
+    np.testing.assert_allclose(ev.euler_to_intrinsic_xyz(0.1, -0.2, 0.3), [0.156420, -0.160027, 0.322610], atol=1e-6)
+    # sending the axis-angle to ManiSkill3 (the old behaviour) would be off by degrees at 0.3 rad
+    rpy = np.array([0.3, 0.3, 0.3])
+    wrong = Rotation.from_euler("XYZ", ev.euler_to_axis_angle(*rpy)).as_matrix()
+    assert np.degrees(Rotation.from_matrix(wrong.T @ Rotation.from_euler("xyz", rpy).as_matrix()).magnitude()) > 1.0
+
+
 def test_gripper_binarisation_plus_one_open_minus_one_close() -> None:
     # SimplerEnv's Octo/RT-1 Bridge policies: 2 * (open_gripper > 0.5) - 1
     assert [gripper_to_env(g) for g in (1.0, 0.0, 0.5, 0.5001, 0.49, 0.9)] == [1.0, -1.0, -1.0, 1.0, -1.0, 1.0]
@@ -344,7 +367,7 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     # the option is a constructor argument, checked when given and recorded as a setting
     from vlm4vla.evaluation.plugin import load_evaluator
 
-    assert load_evaluator("simpler_bridge", {"backend": "ms3"}).settings()["backend"] == "ms3"
+    assert load_evaluator("simpler_bridge", {"backend": "ms3"}).settings()["backend"] == "maniskill3"  # canonical
     with pytest.raises(ValueError, match="backend"):
         SimplerBridgeEvaluator(backend="isaac")
     installed.add("mani_skill")
@@ -376,46 +399,90 @@ def test_released_protocol_applies_the_filter_in_the_rollout() -> None:
     assert SimplerBridgeEvaluator(protocol="released").protocol_modes() == ("full", "half", "single")
 
 
-def test_maniskill3_assets_missing_is_a_clear_error(tmp_path: Path) -> None:
-    environ = {"MS_ASSET_DIR": str(tmp_path / "ms")}
-    with pytest.raises(SimulatorImportError) as err:
-        ev.ensure_assets("maniskill3", environ)
-    message = str(err.value)
-    assert str(tmp_path / "ms" / "data") in message and "MS_ASSET_DIR" in message
-    assert "download_asset bridge_v2_real2sim -y" in message and "download_asset widowx250s -y" in message
+SHARED_MS3 = Path(__file__).resolve().parents[3].parent / "shared" / "simpler-assets" / "ms3"
+
+# What ManiSkill2_real2sim (ef7a4d4) loads for the carrot scene, under its data/ folder — read from
+# its put_on_in_scene.py / base_env.py, written out by hand here.
+CARROT_FILES_REAL2SIM = (
+    "hab2_bench_assets/stages/bridge_table_1_v1.glb",
+    "real_inpainting/bridge_real_eval_1.png",
+    "custom/info_bridge_custom_v0.json",
+    "custom/models/bridge_carrot_generated_modified/collision.obj",
+    "custom/models/bridge_carrot_generated_modified/textured.dae",
+    "custom/models/bridge_plate_objaverse_larger/collision.obj",
+    "custom/models/bridge_plate_objaverse_larger/textured.dae",
+)
+
+
+@pytest.mark.skipif(not SHARED_MS3.is_dir(), reason=f"no ManiSkill3 Bridge assets at {SHARED_MS3}")
+def test_maniskill3_asset_check_names_every_missing_scene_file(tmp_path: Path) -> None:
+    # The shared folder (the files mani_skill's asset sources unpack) passes for all four scenes …
+    environ = {"MS_ASSET_DIR": str(SHARED_MS3)}
+    assert ev.ensure_assets("maniskill3", environ) == SHARED_MS3 / "data"
     assert environ["MS_SKIP_ASSET_DOWNLOAD_PROMPT"] == "1"  # never the interactive prompt
-    # mani_skill 3.0 layout: $MS_ASSET_DIR/data/{tasks/bridge_v2_real2sim_dataset, robots/widowx}
-    (tmp_path / "ms" / "data" / "tasks" / "bridge_v2_real2sim_dataset").mkdir(parents=True)
-    with pytest.raises(SimulatorImportError, match="widowx250s") as err:
-        ev.ensure_assets("maniskill3", environ)
-    assert "assets widowx250s are missing" in str(err.value)  # only the one still missing
-    (tmp_path / "ms" / "data" / "robots" / "widowx").mkdir(parents=True)
-    assert ev.ensure_assets("maniskill3", environ) == tmp_path / "ms" / "data"
-    # the 3.0 betas' layout: $MS_ASSET_DIR/tasks/bridge_dataset
-    beta = {"MS_ASSET_DIR": str(tmp_path / "beta")}
-    (tmp_path / "beta" / "tasks" / "bridge_dataset").mkdir(parents=True)
-    (tmp_path / "beta" / "robots" / "widowx").mkdir(parents=True)
-    ev.ensure_assets("maniskill3", beta)
+    # … a copy without the table mesh does not: SAPIEN would build a scene without a table.
+    copy = tmp_path / "ms"
+    shutil.copytree(SHARED_MS3, copy)
+    task_dir = copy / "data" / "tasks" / "bridge_v2_real2sim_dataset"
+    (task_dir / "stages" / "bridge_table_1_v1.glb").unlink()
+    (task_dir / "custom" / "models" / "eggplant" / "textured.obj").unlink()  # the only visual mesh there
+    with pytest.raises(SimulatorImportError) as err:
+        ev.ensure_assets("maniskill3", {"MS_ASSET_DIR": str(copy)})
+    message = str(err.value)
+    assert "\n" not in message
+    assert "tasks/bridge_v2_real2sim_dataset/stages/bridge_table_1_v1.glb" in message
+    assert "tasks/bridge_v2_real2sim_dataset/custom/models/eggplant/textured.dae" in message
+    assert "download_asset bridge_v2_real2sim -y" in message and "widowx250s" not in message
+    # only the eggplant scene needs the eggplant; only the others need the v1 table
+    assert ev.ensure_assets("maniskill3", {"MS_ASSET_DIR": str(copy)}, tasks=()) == copy / "data"
+    with pytest.raises(SimulatorImportError, match="bridge_table_1_v1.glb"):
+        ev.ensure_assets("maniskill3", {"MS_ASSET_DIR": str(copy)}, tasks=["widowx_stack_cube"])
+    shutil.rmtree(copy / "data" / "robots")
+    with pytest.raises(SimulatorImportError, match="download_asset widowx250s -y"):
+        ev.ensure_assets("maniskill3", {"MS_ASSET_DIR": str(copy)}, tasks=[])
     assert ev.maniskill3_asset_dir({}) == Path(os.path.expanduser("~")) / ".maniskill" / "data"
 
 
-def test_simpler_env_assets_are_located_or_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no ./data here
+def _real2sim_assets(root: Path) -> Path:
+    for name in CARROT_FILES_REAL2SIM:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    return root
+
+
+def test_simpler_env_assets_are_resolved_in_the_simulators_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ManiSkill2_real2sim's order: $MS2_REAL2SIM_ASSET_DIR, the checkout's data/ if it exists,
+    $MS2_ASSET_DIR, ./data. The plugin checks that folder and pins the simulator to it."""
+    monkeypatch.chdir(tmp_path)
     checkout = tmp_path / "ManiSkill2_real2sim"
     (checkout / "mani_skill2_real2sim").mkdir(parents=True)
     monkeypatch.setattr(ev, "_real2sim_package_dir", lambda: checkout / "mani_skill2_real2sim")
-    environ: dict[str, str] = {}
-    with pytest.raises(SimulatorImportError, match="MS2_ASSET_DIR") as err:
-        ev.ensure_assets("simpler_env", environ)
-    assert str(checkout / "data") in str(err.value)
-    marker = checkout / "data" / "custom" / "info_bridge_custom_v0.json"
-    marker.parent.mkdir(parents=True)
-    marker.write_text("{}")
-    assert ev.ensure_assets("simpler_env", environ) == checkout / "data"
-    assert environ["MS2_ASSET_DIR"] == str(checkout / "data")  # the simulator would look in ./data otherwise
-    explicit = {"MS2_ASSET_DIR": str(tmp_path / "elsewhere")}
-    with pytest.raises(SimulatorImportError, match="elsewhere"):
-        ev.ensure_assets("simpler_env", explicit)
+    carrot = ["widowx_carrot_on_plate"]
+    # no checkout data/, $MS2_ASSET_DIR set: that one
+    other = _real2sim_assets(tmp_path / "ms2")
+    environ = {"MS2_ASSET_DIR": str(other)}
+    assert ev.ensure_assets("simpler_env", environ, tasks=carrot) == other
+    assert environ["MS2_REAL2SIM_ASSET_DIR"] == str(other)
+    # the checkout's data/ exists: it wins over $MS2_ASSET_DIR, and an incomplete one is named
+    (checkout / "data" / "custom").mkdir(parents=True)
+    with pytest.raises(SimulatorImportError) as err:
+        ev.ensure_assets("simpler_env", {"MS2_ASSET_DIR": str(other)}, tasks=carrot)
+    message = str(err.value)
+    assert str(checkout / "data") in message and "hab2_bench_assets/stages/bridge_table_1_v1.glb" in message
+    assert "\n" not in message and "MS2_REAL2SIM_ASSET_DIR" in message
+    # $MS2_REAL2SIM_ASSET_DIR beats both
+    first = _real2sim_assets(tmp_path / "first")
+    assert ev.ensure_assets("simpler_env", {"MS2_REAL2SIM_ASSET_DIR": str(first), "MS2_ASSET_DIR": str(other)},
+                            tasks=carrot) == first  # fmt: skip
+    # nothing else: ./data
+    monkeypatch.setattr(ev, "_real2sim_package_dir", lambda: None)
+    local = _real2sim_assets(tmp_path / "data")
+    assert ev.ensure_assets("simpler_env", {}, tasks=carrot) == local.resolve()
+    # a model with only a .glb visual mesh is fine (the scenes' fallback order obj → dae → glb)
+    (local / "custom/models/bridge_plate_objaverse_larger/textured.dae").rename(
+        local / "custom/models/bridge_plate_objaverse_larger/textured.glb"
+    )
+    assert ev.ensure_assets("simpler_env", {}, tasks=carrot) == local.resolve()
 
 
 def test_a_download_prompt_fails_fast_instead_of_blocking() -> None:

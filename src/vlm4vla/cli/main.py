@@ -3,7 +3,8 @@
 * ``vlm4vla fit|validate|test --config recipe.yaml [--trainer.max_steps=100 …]`` — LightningCLI;
 * ``vlm4vla params`` — parameter counts (the paper's Table 9) and memory estimates;
 * ``vlm4vla stats`` — action statistics of a dataset (cached next to the data);
-* ``vlm4vla export CKPT OUT`` — a policy bundle from a Lightning checkpoint.
+* ``vlm4vla export CKPT OUT`` — a policy bundle from a Lightning checkpoint;
+* ``vlm4vla report RESULTS_DIR...`` — the paper's tables and figures from vlm4vla-eval results.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from vlm4vla.cli import export, params
+from vlm4vla.cli import report as report_cmd
 from vlm4vla.cli.errors import VLM4VLAError, report
 
 # name → (module with add_arguments(parser) and run(args) -> int, one-line help)
 SUBCOMMANDS = {
     "params": (params, "parameter counts (the paper's Table 9) and per-GPU memory estimates of recipes"),
     "export": (export, "write the policy bundle of an existing Lightning checkpoint"),
+    "report": (report_cmd, "paper-style tables (1-3, 5-8) and figures (3-4) from vlm4vla-eval results directories"),
 }
 STATS_HELP = "compute and cache the action statistics of a dataset"
 LIGHTNING_HELP = {

@@ -13,11 +13,13 @@ Command line::
 
     python -m vlm4vla.data.synthetic libero OUT_DIR [--num-tasks 2 --demos-per-task 3 --steps 20]
     python -m vlm4vla.data.synthetic calvin OUT_DIR [--num-episodes 2 --episode-length 40]
+    python -m vlm4vla.data.synthetic bridge OUT_DIR [--num-episodes 8 --steps 20 --image-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -312,6 +314,126 @@ def write_libero_hdf5(
     return root
 
 
+BRIDGE_INSTRUCTIONS = ("put carrot on plate", "put the spoon on the towel", "stack the green block on the yellow block")
+BRIDGE_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def _tfds_feature(kind: str, shape: Sequence[int] = (), dtype: str = "float32") -> dict:
+    cls = "tensorflow_datasets.core.features"
+    if kind == "image":
+        return {"pythonClassName": f"{cls}.image_feature.Image",
+                "image": {"shape": {"dimensions": [str(d) for d in shape]}, "dtype": "uint8", "encodingFormat": "jpeg"}}  # fmt: skip
+    if kind == "text":
+        return {"pythonClassName": f"{cls}.text_feature.Text", "text": {}}
+    name = "scalar.Scalar" if not shape else "tensor_feature.Tensor"
+    tensor = {"shape": {"dimensions": [str(d) for d in shape]} if shape else {}, "dtype": dtype, "encoding": "none"}
+    return {"pythonClassName": f"{cls}.{name}", "tensor": tensor}
+
+
+def _tfds_dict(features: dict) -> dict:
+    return {"pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
+            "featuresDict": {"features": features}}  # fmt: skip
+
+
+def write_bridge_rlds(
+    root: str | Path,
+    *,
+    num_episodes: int = 8,
+    steps: int = 20,
+    val_episodes: int = 1,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """A small BridgeData V2 RLDS dataset as TFDS writes it: ``root/bridge_dataset/1.0.0/`` with
+    ``dataset_info.json``, ``features.json`` and one TFRecord shard per split of serialized
+    ``tf.train.Example`` episodes (JPEG ``image_0``, a smooth 7-d ``state`` whose deltas are the
+    arm actions, a 0/1 gripper, the instruction per step). Returns the version directory."""
+    from PIL import Image
+
+    from vlm4vla.data.formats.tfrecord import BytesList, Example, Feature, FloatList, Int64List, masked_crc32c
+
+    directory = Path(root) / "bridge_dataset" / "1.0.0"
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def jpeg(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+    def frame(payload: bytes) -> bytes:
+        length = len(payload).to_bytes(8, "little")
+        return (length + masked_crc32c(length).to_bytes(4, "little") + payload
+                + masked_crc32c(payload).to_bytes(4, "little"))  # fmt: skip
+
+    splits, episode_id = [], 0
+    for split, count in (("train", num_episodes), ("val", val_episodes)):
+        if count <= 0:
+            continue
+        records = []
+        for _ in range(count):
+            state = np.concatenate(
+                [np.cumsum(_smooth_series(rng, steps, 6, 0.01), axis=0)[:steps], np.zeros((steps, 1))], axis=1
+            ).astype(np.float32)
+            gripper = (_gripper_series(rng, steps) > 0).astype(np.float32)  # 1 = open, Bridge's convention
+            state[:, 6] = gripper
+            action = np.zeros((steps, 7), dtype=np.float32)
+            action[:-1, :6] = np.diff(state[:, :6], axis=0)
+            action[:, 6] = gripper
+            first = np.zeros(steps, dtype=np.int64)
+            first[0] = 1
+            last = np.zeros(steps, dtype=np.int64)
+            last[-1] = 1
+            text = BRIDGE_INSTRUCTIONS[episode_id % len(BRIDGE_INSTRUCTIONS)].encode()
+            images = [jpeg(scene_image(image_size, image_size, episode_id, t)) for t in range(steps)]
+            features = {
+                "steps/observation/image_0": Feature(bytes_list=BytesList(value=images)),
+                "steps/observation/state": Feature(float_list=FloatList(value=state.reshape(-1).tolist())),
+                "steps/action": Feature(float_list=FloatList(value=action.reshape(-1).tolist())),
+                "steps/language_instruction": Feature(bytes_list=BytesList(value=[text] * steps)),
+                "steps/is_first": Feature(int64_list=Int64List(value=first.tolist())),
+                "steps/is_last": Feature(int64_list=Int64List(value=last.tolist())),
+                "steps/is_terminal": Feature(int64_list=Int64List(value=last.tolist())),
+                "steps/reward": Feature(float_list=FloatList(value=last.astype(np.float32).tolist())),
+                "steps/discount": Feature(float_list=FloatList(value=[1.0] * steps)),
+                "episode_metadata/episode_id": Feature(int64_list=Int64List(value=[episode_id])),
+                "episode_metadata/file_path": Feature(bytes_list=BytesList(value=[f"/raw/bridge/{episode_id}.npy".encode()])),
+                "episode_metadata/has_image_0": Feature(int64_list=Int64List(value=[1])),
+                "episode_metadata/has_language": Feature(int64_list=Int64List(value=[1])),
+            }  # fmt: skip
+            example = Example()
+            for key, value in features.items():
+                example.features.feature[key].CopyFrom(value)
+            records.append(frame(example.SerializeToString()))
+            episode_id += 1
+        name = BRIDGE_TEMPLATE.format(DATASET="bridge_dataset", SPLIT=split, FILEFORMAT="tfrecord",
+                                      SHARD_X_OF_Y="00000-of-00001")  # fmt: skip
+        (directory / name).write_bytes(b"".join(records))
+        splits.append({"name": split, "numBytes": str((directory / name).stat().st_size),
+                       "shardLengths": [str(len(records))], "filepathTemplate": BRIDGE_TEMPLATE})  # fmt: skip
+    info = {"name": "bridge_dataset", "version": "1.0.0", "fileFormat": "tfrecord",
+            "moduleName": "bridge_dataset.bridge_dataset_dataset_builder",
+            "description": "vlm4vla synthetic BridgeData V2 (RLDS layout)", "splits": splits}  # fmt: skip
+    step = {
+        "action": _tfds_feature("tensor", [7]), "discount": _tfds_feature("tensor"),
+        "is_first": _tfds_feature("tensor", dtype="bool"), "is_last": _tfds_feature("tensor", dtype="bool"),
+        "is_terminal": _tfds_feature("tensor", dtype="bool"), "language_instruction": _tfds_feature("text"),
+        "observation": _tfds_dict({"image_0": _tfds_feature("image", [image_size, image_size, 3]),
+                                   "state": _tfds_feature("tensor", [7])}),
+        "reward": _tfds_feature("tensor"),
+    }  # fmt: skip
+    metadata = {"episode_id": _tfds_feature("tensor", dtype="int32"), "file_path": _tfds_feature("text"),
+                "has_image_0": _tfds_feature("tensor", dtype="bool"), "has_language": _tfds_feature("tensor", dtype="bool")}  # fmt: skip
+    features_json = _tfds_dict({
+        "episode_metadata": _tfds_dict(metadata),
+        "steps": {"pythonClassName": "tensorflow_datasets.core.features.dataset_feature.Dataset",
+                  "sequence": {"feature": _tfds_dict(step), "length": "-1"}},
+    })  # fmt: skip
+    (directory / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    (directory / "features.json").write_text(json.dumps(features_json, indent=2))
+    return directory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vlm4vla.data.synthetic", description=__doc__.split("\n")[0]
@@ -328,9 +450,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--num-episodes", type=int, default=2)
     cal.add_argument("--episode-length", type=int, default=40)
     cal.add_argument("--seed", type=int, default=0)
+    bri = sub.add_parser("bridge", help="BridgeData V2 RLDS (TFDS tfrecords)")
+    bri.add_argument("out", type=Path)
+    bri.add_argument("--num-episodes", type=int, default=8)
+    bri.add_argument("--steps", type=int, default=20)
+    bri.add_argument("--image-size", type=int, default=64)
+    bri.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.dataset == "libero":
         out = write_libero_hdf5(args.out, args.num_tasks, args.demos_per_task, args.steps, args.seed)
+    elif args.dataset == "bridge":
+        out = write_bridge_rlds(
+            args.out, num_episodes=args.num_episodes, steps=args.steps, image_size=args.image_size, seed=args.seed
+        )
     else:
         out = write_calvin_dataset(
             args.out, num_episodes=args.num_episodes, episode_length=args.episode_length, seed=args.seed
@@ -352,6 +484,7 @@ __all__ = [
     "libero_task_file",
     "scene_image",
     "write_calvin_dataset",
+    "write_bridge_rlds",
     "write_calvin_split",
     "write_libero_hdf5",
 ]

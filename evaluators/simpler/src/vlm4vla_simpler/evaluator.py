@@ -11,10 +11,13 @@ Two backends, both optional, chosen with ``--suite-option backend=…`` (recorde
 * ``simpler_env`` — the original SimplerEnv (ManiSkill2_real2sim, SAPIEN 2):
   ``simpler_env.make(task)``, ``reset(options={"obj_init_options": {"episode_id": k}})``, image
   ``obs["image"]["3rd_view_camera"]["rgb"]``, success ``info["success"]``;
-* ``maniskill3`` — the ManiSkill3 ports (``PutCarrotOnPlateInScene-v1`` …):
+* ``maniskill3`` — the ManiSkill3 ports (``PutCarrotOnPlateInScene-v1`` …, mani_skill 3.0.1):
   ``gym.make(id, obs_mode="rgb+segmentation", num_envs=1)``, ``reset(seed=…, options={"episode_id":
   tensor([k])})``, image ``obs["sensor_data"]["3rd_view_camera"]["rgb"][0]``, success
-  ``info["success"][0]``;
+  ``info["success"][0]``. **Its own protocol, not comparable to the paper's numbers**: its eggplant
+  task has 8 positions × 8 orientations (ids 0–23 are 3 positions × 8 orientations, not SimplerEnv's
+  8 × 3), its objects settle differently and its success check differs in detail; results record
+  ``backend: maniskill3`` and ``comparable_to_paper: false``;
 * ``auto`` (default) — ``simpler_env`` if importable, else ``maniskill3``.
 
 Consistency with training (`vlm4vla.data.bridge`, normaliser with the ``unit`` gripper):
@@ -24,9 +27,11 @@ Consistency with training (`vlm4vla.data.bridge`, normaliser with the ``unit`` g
   image — and what the released evaluation does (``eval/simpler/model_wrapper.py`` → the backbone's ``T.Resize(224, BICUBIC)``).
   Training saw the Bridge RLDS ``image_0`` frames resized 256² → 224² with Lanczos, as released;
 * arm: ``predict_chunk`` already de-normalises with the bundle's Bridge q01/q99 statistics to delta
-  xyz (m) and delta roll/pitch/yaw (rad); the env takes the rotation as an axis-angle vector,
-  converted here exactly like SimplerEnv's Octo / RT-1 Bridge policies (transforms3d's
-  ``euler2axangle(roll, pitch, yaw)``, axes ``"sxyz"``, times the angle);
+  xyz (m) and delta roll/pitch/yaw (rad). ManiSkill2_real2sim takes the rotation as an axis-angle
+  vector, converted here exactly like SimplerEnv's Octo / RT-1 Bridge policies (transforms3d's
+  ``euler2axangle(roll, pitch, yaw)``, axes ``"sxyz"``, times the angle); ManiSkill3 3.0.1 reads the
+  three numbers as intrinsic-XYZ Euler angles, so it gets `euler_to_intrinsic_xyz` of the same
+  rotation (the axis-angle there would be up to ~4° off per step at 0.3 rad deltas);
 * gripper: the bundle returns 1.0 (open) / 0.0 (closed); the env takes +1 (open) / −1 (close),
   SimplerEnv's ``2 * (open_gripper > 0.5) - 1``. Bundles trained with the signed (LIBERO) gripper
   convention are rejected by `SimplerBridgeEvaluator.check_bundle`.
@@ -37,8 +42,11 @@ Protocols: ``standard`` sends that gripper command as is (SimplerEnv's Bridge sc
 the first step of an episode always closes). Both evaluate modes full/half/single.
 
 Assets: neither backend may ever block on stdin. ``MS_SKIP_ASSET_DOWNLOAD_PROMPT=1`` is set, the
-asset directory is checked before an env is built (a missing one is a `SimulatorImportError` that
-says where the assets go and how to get them) and envs are built with stdin closed.
+asset folder is resolved in the simulator's own order and every file the four scenes load (stage
+meshes, overlay photos, model databases, object meshes, the robot) is checked before an env is
+built — a missing table mesh would otherwise only be logged and the objects fall through — and a
+missing one is a `SimulatorImportError` naming the files and where the assets go; envs are built
+with stdin closed.
 
 Nothing here imports a simulator at module import time; `make_env` imports it in the worker.
 """
@@ -48,7 +56,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +107,7 @@ _BACKEND_ALIASES = {
     "maniskill3": "maniskill3", "mani_skill": "maniskill3", "ms3": "maniskill3",
 }  # fmt: skip
 MANISKILL3_ASSET_ID = "bridge_v2_real2sim"
+MANISKILL3_DATA_SOURCES = (MANISKILL3_ASSET_ID, "widowx250s")
 
 INSTALL_HINT = (
     "install a SimplerEnv backend — the original SimplerEnv (git clone --recurse-submodules "
@@ -132,6 +141,25 @@ def euler_to_axis_angle(roll: float, pitch: float, yaw: float) -> np.ndarray:
     return vec / np.sqrt(length2) * angle
 
 
+def euler_to_intrinsic_xyz(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """The intrinsic-XYZ Euler angles ``(a, b, c)`` of the static-xyz rotation ``Rz(yaw) Ry(pitch) Rx(roll)``.
+
+    ManiSkill3 (3.0.1, ``pd_ee_pose.py``) reads an action's three rotation numbers as
+    ``euler_angles_to_matrix(rot, "XYZ")`` = ``Rx(a) Ry(b) Rz(c)``, where ManiSkill2_real2sim reads a
+    rotation vector: sending these angles applies the same rotation SimplerEnv's Bridge scripts apply
+    through ``euler2axangle``. ``b = asin(M[0, 2])``, ``a = atan2(−M[1, 2], M[2, 2])``,
+    ``c = atan2(−M[0, 1], M[0, 0])``.
+    """
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+    m = rz @ ry @ rx
+    return np.array(
+        [np.arctan2(-m[1, 2], m[2, 2]), np.arcsin(np.clip(m[0, 2], -1.0, 1.0)), np.arctan2(-m[0, 1], m[0, 0])]
+    )
+
+
 def gripper_to_env(gripper: float, threshold: float = 0.5) -> float:
     """Bridge gripper opening (1 = open, 0 = closed) → SimplerEnv's +1 (open) / −1 (close)."""
     return 1.0 if float(gripper) > threshold else -1.0
@@ -151,12 +179,17 @@ class ReleasedGripperFilter:
         return 1.0 if self.open_count >= self.required else -1.0
 
 
-def to_env_action(action: np.ndarray) -> np.ndarray:
-    """Policy action (xyz, roll/pitch/yaw, gripper 0/1) → env action (xyz, axis-angle, gripper ±1)."""
+def to_env_action(action: np.ndarray, backend: str = "simpler_env") -> np.ndarray:
+    """Policy action (xyz, roll/pitch/yaw, gripper 0/1) → env action (xyz, rotation, gripper ±1);
+    the rotation as the backend reads it: a rotation vector (ManiSkill2_real2sim) or intrinsic-XYZ
+    Euler angles (ManiSkill3 3.0.1), of the same rotation."""
     action = checked_action(action, "SimplerEnv-Bridge")
     out = np.empty(7, dtype=np.float64)
     out[:3] = action[:3]
-    out[3:6] = euler_to_axis_angle(*action[3:6])
+    if backend == "maniskill3":
+        out[3:6] = euler_to_intrinsic_xyz(*action[3:6])
+    else:
+        out[3:6] = euler_to_axis_angle(*action[3:6])
     out[6] = gripper_to_env(action[6])
     return out
 
@@ -214,8 +247,8 @@ def resolve_backend(name: str | None = None) -> str:
 
 
 def maniskill3_asset_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """ManiSkill3's asset root as mani_skill 3.0 computes it: ``$MS_ASSET_DIR/data`` (default
-    ``~/.maniskill/data``). (Its 3.0 betas used ``$MS_ASSET_DIR`` itself; `ensure_assets` accepts both.)"""
+    """ManiSkill3's asset root as mani_skill 3.0.1 computes it: ``$MS_ASSET_DIR/data`` (default
+    ``~/.maniskill/data``)."""
     environ = os.environ if environ is None else environ
     return Path(environ.get("MS_ASSET_DIR") or os.path.join(os.path.expanduser("~"), ".maniskill")) / "data"
 
@@ -228,24 +261,62 @@ def _real2sim_package_dir() -> Path | None:
 
 
 def simpler_env_asset_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """ManiSkill2_real2sim's asset root: ``$MS2_ASSET_DIR`` if set, else ``./data`` if it holds the
-    Bridge assets (the package default), else the ``data/`` folder of the ManiSkill2_real2sim checkout."""
+    """ManiSkill2_real2sim's asset root, in its own order (``mani_skill2_real2sim/__init__.py``):
+    ``$MS2_REAL2SIM_ASSET_DIR``, else the checkout's ``data/`` if it exists, else
+    ``$MS2_ASSET_DIR``, else ``./data`` (relative to the working directory)."""
     environ = os.environ if environ is None else environ
+    if environ.get("MS2_REAL2SIM_ASSET_DIR"):
+        return Path(environ["MS2_REAL2SIM_ASSET_DIR"])
+    package = _real2sim_package_dir()
+    if package is not None and (package.parent / "data").is_dir():
+        return package.parent / "data"
     if environ.get("MS2_ASSET_DIR"):
         return Path(environ["MS2_ASSET_DIR"])
-    if (Path("data") / _SIMPLER_ENV_MARKER).is_file():
-        return Path("data").resolve()
-    package = _real2sim_package_dir()
-    return (package.parent / "data") if package is not None else Path("data").resolve()
+    return Path("data").resolve()
 
 
-_SIMPLER_ENV_MARKER = Path("custom") / "info_bridge_custom_v0.json"
-# ManiSkill3 data sources the Bridge envs need → where they unpack under the asset root
-# (3.0: tasks/bridge_v2_real2sim_dataset; the 3.0 betas: tasks/bridge_dataset).
-MANISKILL3_DATA_SOURCES: dict[str, tuple[str, ...]] = {
-    MANISKILL3_ASSET_ID: ("tasks/bridge_v2_real2sim_dataset", "tasks/bridge_dataset"),
-    "widowx250s": ("robots/widowx",),
-}
+# What the four Bridge scenes load (mani_skill 3.0.1 ``bridge_dataset_eval``; ManiSkill2_real2sim
+# ef7a4d4 ``put_on_in_scene``): stage mesh, overlay photo, model database and object models.
+# A missing stage mesh does not fail the scene build (SAPIEN only logs it): objects fall through.
+BRIDGE_SCENES: dict[str, dict[str, Any]] = {
+    "widowx_carrot_on_plate": {"stage": "bridge_table_1_v1", "overlay": "bridge_real_eval_1.png",
+                               "models_json": "info_bridge_custom_v0.json",
+                               "models": ("bridge_carrot_generated_modified", "bridge_plate_objaverse_larger")},
+    "widowx_put_eggplant_in_basket": {"stage": "bridge_table_1_v2", "overlay": "bridge_sink.png",
+                                      "models_json": "info_bridge_custom_v0.json",
+                                      "models": ("eggplant", "dummy_sink_target_plane", "sink")},
+    "widowx_spoon_on_towel": {"stage": "bridge_table_1_v1", "overlay": "bridge_real_eval_1.png",
+                              "models_json": "info_bridge_custom_v0.json",
+                              "models": ("bridge_spoon_generated_modified", "table_cloth_generated_shorter")},
+    "widowx_stack_cube": {"stage": "bridge_table_1_v1", "overlay": "bridge_real_eval_1.png",
+                          "models_json": "info_bridge_custom_baked_tex_v0.json",
+                          "models": ("baked_green_cube_3cm", "baked_yellow_cube_3cm")},
+}  # fmt: skip
+VISUAL_MESHES = ("textured.obj", "textured.dae", "textured.glb")  # the scenes' fallback order
+MANISKILL3_TASK_DIR = Path("tasks") / "bridge_v2_real2sim_dataset"
+MANISKILL3_ROBOT_FILES = (Path("robots") / "widowx" / "wx250s.urdf", Path("robots") / "widowx" / "wx250s.srdf")
+
+
+def missing_scene_files(backend: str, root: Path, tasks: Sequence[str] = BRIDGE_TASKS) -> list[str]:
+    """The files the scenes of ``tasks`` load that are not under the backend's asset ``root``
+    (relative paths; a model needs ``collision.obj`` and one visual mesh)."""
+    base = root / MANISKILL3_TASK_DIR if backend == "maniskill3" else root
+    stages = Path("stages") if backend == "maniskill3" else Path("hab2_bench_assets") / "stages"
+    wanted: list[Path] = []
+    for task in tasks:
+        scene = BRIDGE_SCENES[task]
+        wanted += [stages / f"{scene['stage']}.glb", Path("real_inpainting") / scene["overlay"],
+                   Path("custom") / scene["models_json"]]  # fmt: skip
+        for model in scene["models"]:
+            folder = Path("custom") / "models" / model
+            wanted.append(folder / "collision.obj")
+            if not any((base / folder / mesh).is_file() for mesh in VISUAL_MESHES):
+                wanted.append(folder / VISUAL_MESHES[1])
+    missing = sorted({str(path) for path in wanted if not (base / path).is_file()})
+    if backend == "maniskill3":
+        missing = [str(MANISKILL3_TASK_DIR / m) for m in missing]
+        missing += [str(path) for path in MANISKILL3_ROBOT_FILES if not (root / path).is_file()]
+    return missing
 
 
 def _maniskill3_download_hint(missing: list[str], root: Path) -> str:
@@ -256,32 +327,39 @@ def _maniskill3_download_hint(missing: list[str], root: Path) -> str:
     )
 
 
-def ensure_assets(backend: str, environ: os._Environ[str] | dict[str, str] | None = None) -> Path:
-    """Check the backend's Bridge assets without importing it; fix the env vars the simulator reads
-    (``MS_SKIP_ASSET_DOWNLOAD_PROMPT``, ``MS2_ASSET_DIR``) so that it never prompts. Returns the asset
-    root; raises `SimulatorImportError` saying where the assets go when they are missing."""
+def ensure_assets(
+    backend: str, environ: os._Environ[str] | dict[str, str] | None = None, tasks: Sequence[str] = BRIDGE_TASKS
+) -> Path:
+    """Check every file the scenes of ``tasks`` load, without importing the simulator, and fix the
+    env vars it reads so that it loads that folder and never prompts (``MS_SKIP_ASSET_DOWNLOAD_PROMPT``,
+    ``MS2_REAL2SIM_ASSET_DIR``). Returns the asset root; raises `SimulatorImportError` naming the
+    missing files and where the assets go."""
     environ = os.environ if environ is None else environ
     environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
     if backend == "maniskill3":
         root = maniskill3_asset_dir(environ)
-        roots = (root, root.parent) if environ.get("MS_ASSET_DIR") else (root,)
-        missing = [
-            uid
-            for uid, paths in MANISKILL3_DATA_SOURCES.items()
-            if not any((r / p).is_dir() for r in roots for p in paths)
-        ]
+        missing = missing_scene_files(backend, root, tasks)
         if missing:
-            raise SimulatorImportError(_maniskill3_download_hint(missing, root))
+            sources = [uid for uid, prefix in ((MANISKILL3_ASSET_ID, "tasks/"), ("widowx250s", "robots/"))
+                       if any(m.startswith(prefix) for m in missing)]  # fmt: skip
+            raise SimulatorImportError(f"{_listed(missing)}; {_maniskill3_download_hint(sources, root)}")
         return root
     root = simpler_env_asset_dir(environ)
-    if not (root / _SIMPLER_ENV_MARKER).is_file():
+    missing = missing_scene_files(backend, root, tasks)
+    if missing:
         raise SimulatorImportError(
-            f"SimplerEnv's Bridge assets are missing ({root / _SIMPLER_ENV_MARKER} not found): they ship in the "
-            "data/ folder of the ManiSkill2_real2sim checkout (git clone --recurse-submodules "
-            "https://github.com/simpler-env/SimplerEnv); point $MS2_ASSET_DIR at that folder"
+            f"SimplerEnv's Bridge assets are incomplete in {root}, the folder ManiSkill2_real2sim would load "
+            f"({_listed(missing)}): they ship in the data/ folder of the ManiSkill2_real2sim checkout (git clone "
+            "--recurse-submodules https://github.com/simpler-env/SimplerEnv); or point $MS2_REAL2SIM_ASSET_DIR at them"
         )
-    environ["MS2_ASSET_DIR"] = str(root)  # ManiSkill2_real2sim's default is ./data, relative to the cwd
+    environ["MS2_REAL2SIM_ASSET_DIR"] = str(root)  # the simulator's first choice: it loads what was checked
     return root
+
+
+def _listed(missing: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(missing[:limit])
+    more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+    return f"missing {shown}{more}"
 
 
 def _check_maniskill3_sources() -> None:
@@ -349,6 +427,20 @@ class SimplerEpisode:
         obs, _reward, _terminated, _truncated, info = self.sim.step(action)
         return obs, _success(info)
 
+    def object_positions(self) -> dict[str, list[float]]:
+        """Final source / target object positions (ManiSkill3; fingerprints of the rollout)."""
+        env = getattr(self.sim, "unwrapped", self.sim)
+        objs = getattr(env, "objs", None)
+        if self.backend != "maniskill3" or not isinstance(objs, Mapping):
+            return {}
+        out = {}
+        for role in ("source", "target"):
+            actor = objs.get(getattr(env, f"{role}_obj_name", None))
+            if actor is not None:
+                xyz = np.asarray(actor.pose.p.detach().cpu().numpy() if hasattr(actor.pose.p, "detach") else actor.pose.p)
+                out[f"final_{role}_xyz"] = [round(float(v), 6) for v in xyz.reshape(-1)[:3]]
+        return out
+
     def close(self) -> None:
         close_if_closable(self.sim)
 
@@ -379,10 +471,14 @@ class SimplerBridgeEvaluator(Evaluator):
 
     # ---------------------------------------------------------------- settings
     def settings(self) -> dict[str, Any]:
+        backend = _BACKEND_ALIASES.get(str(self.backend or "").strip().lower())
         return {
             **super().settings(),
-            "backend": self.backend or "auto",
+            "backend": backend or "auto",
             "gripper_filter": f"late_open_{RELEASED_LATE_OPEN}" if self.protocol == "released" else None,
+            # ManiSkill3's ports are their own protocol (other eggplant layouts, other physics settle):
+            # their numbers are not the paper's SimplerEnv numbers.
+            "comparable_to_paper": None if backend is None else backend == "simpler_env",
         }
 
     def simulator_versions(self) -> dict[str, Any]:
@@ -413,7 +509,7 @@ class SimplerBridgeEvaluator(Evaluator):
         if task not in BRIDGE_TASKS:
             raise ConfigError(f"unknown SimplerEnv-Bridge task {task!r}")
         backend = resolve_backend(self.backend)
-        ensure_assets(backend)
+        ensure_assets(backend, tasks=[task])
         if backend == "maniskill3":
 
             def factory() -> Any:
@@ -445,7 +541,7 @@ class SimplerBridgeEvaluator(Evaluator):
         success, steps = False, 0
         while steps < limit:  # no early stop: success is what the env reports after the last step
             image = to_policy_image(env.image(obs), size)
-            action = to_env_action(policy.act(image, instruction))
+            action = to_env_action(policy.act(image, instruction), env.backend)
             if gripper is not None:
                 action[6] = gripper(action[6])
             obs, success = env.step(action)
@@ -457,6 +553,7 @@ class SimplerBridgeEvaluator(Evaluator):
             "backend": env.backend,
             "instruction": instruction,
             "protocol_steps": protocol,
-            # Fingerprint of the final frame: equal across repeats iff the rollout was reproduced.
+            # Fingerprints of the final state: equal across repeats iff the rollout was reproduced.
             "final_image_crc32": zlib.crc32(final.tobytes()),
+            **env.object_positions(),
         }
