@@ -205,3 +205,14 @@ def test_report_of_a_real_libero_smoke_sweep(tmp_path: Path) -> None:
     grid_cells = {(c["checkpoint"], c["mode"]) for c in summary["cells"]}
     assert len(grid_cells) == 4 and np.isfinite([c["success_rate"] for c in summary["cells"]]).all()
     assert (report / "figure4_heatmap_1.png").is_file()
+
+
+def test_learning_rate_runs_are_read_from_labels_into_table5(synthetic: dict[str, Path], tmp_path: Path) -> None:
+    lr_run = _results(tmp_path, "calvin_qwen_lr", "calvin", "avg_len", {(5000, "full"): 3.6}, backbone="qwen3-vl-2b")
+    out = tmp_path / "report"
+    argv = ["report", str(synthetic["calvin_qwen"]), "--label", f"qwen3-vl-2b lr=1e-5={lr_run}", "--out", str(out)]
+    assert main(argv) == 0
+    values = _table_values(out)
+    assert values[("table5", "qwen3-vl-2b", "Setting")][0] == "recipe LR"
+    assert values[("table5", "qwen3-vl-2b lr=1e-5", "Setting")][0] == "lr 1e-5"
+    assert values[("table5", "qwen3-vl-2b lr=1e-5", "(Δ vs. baseline)")][0] == "(-0.600)"  # 3.6 − 4.2

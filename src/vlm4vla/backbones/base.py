@@ -504,8 +504,12 @@ class VLABackbone(nn.Module, abc.ABC):
             raise ValueError("inputs: missing 'action_query_index'; build inputs with prepare_inputs()") from None
         if action_query.shape != (self.hidden_size,):
             raise ValueError(f"action_query: expected shape ({self.hidden_size},), got {tuple(action_query.shape)}")
-        device = self.device
-        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        device, dtype = self.device, self.model.dtype
+        # Images follow the model's precision (a bf16 evaluation casts the weights, not the processor).
+        inputs = {
+            k: (v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor) else v
+            for k, v in inputs.items()
+        }
         index = index.to(device)
         inputs = self.model_inputs(inputs, index)
         with self._action_query_at(index, action_query):

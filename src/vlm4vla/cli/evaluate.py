@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a constructor option of the suite's plugin, e.g. camera_size=256 (repeatable; see the plugin README)",
     )
+    p.add_argument("--device", default="auto", help="policy device: auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="the VLM's precision (the head stays fp32; recorded, a resume with another is refused)",
+    )
     p.add_argument(
         "--allow-unnormalized",
         action="store_true",
@@ -169,9 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
     from vlm4vla.evaluation.chunking import parse_modes
+    from vlm4vla.evaluation.devices import resolve_device
     from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
 
     modes = parse_modes(args.modes) if args.modes is not None else None
+    device = resolve_device(args.device)
     evaluator.check_available()  # a missing simulator is told before any bundle is read
     checkpoints = resolve_checkpoints(args.ckpt)
     settings = SweepSettings(
@@ -184,6 +193,8 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
         max_batch=args.max_batch,
         video=args.video,
         allow_unnormalized=args.allow_unnormalized,
+        device=device,
+        dtype=args.dtype,
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -4,6 +4,7 @@ episodes, then summarise every cell and pick the best one."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vlm4vla.evaluation.chunking import steps_per_query
+from vlm4vla.evaluation.devices import check_dtype, device_type
 from vlm4vla.evaluation.plugin import EvaluationError, Evaluator, require_action_statistics
 from vlm4vla.evaluation.report import write_reports
 from vlm4vla.evaluation.runner import Job, PredictFn, RunStats, Unit, episode_seed, make_pool
@@ -78,6 +80,9 @@ class SweepSettings:
     max_batch: int | None = None
     video: int = 0
     allow_unnormalized: bool = False
+    device: str = "cpu"
+    """The resolved policy device (`vlm4vla.evaluation.devices.resolve_device`)."""
+    dtype: str = "float32"
 
 
 @dataclass
@@ -92,14 +97,23 @@ class SweepResult:
 PolicyLoader = Callable[[Checkpoint], PredictFn]
 
 
-def load_policy(checkpoint: Checkpoint) -> PredictFn:
-    """``VLAPolicy.from_pretrained`` as a predict function returning numpy (B, N, D)."""
+def load_policy(checkpoint: Checkpoint, *, device: str = "cpu", dtype: str = "float32") -> PredictFn:
+    """``VLAPolicy.from_pretrained`` on ``device`` as a predict function returning numpy (B, N, D).
+
+    ``dtype`` is the VLM's precision; the ActionQuery and the head stay in fp32 (the hidden state
+    is cast to the head's dtype). Forwards run under ``torch.inference_mode``.
+    """
+    import torch
+
     from vlm4vla.policy.policy import VLAPolicy
 
-    policy = VLAPolicy.from_pretrained(checkpoint.path)
+    policy = VLAPolicy.from_pretrained(checkpoint.path, device=device)
+    if dtype != "float32":
+        policy.backbone.model.to(getattr(torch, dtype))
 
     def predict(images: Sequence[np.ndarray], instructions: Sequence[str]) -> np.ndarray:
-        return policy.predict_chunk(list(images), list(instructions)).numpy()
+        with torch.inference_mode():
+            return policy.predict_chunk(list(images), list(instructions)).numpy()
 
     return predict
 
@@ -136,6 +150,8 @@ def cell_meta(evaluator: Evaluator, settings: SweepSettings) -> dict[str, Any]:
         "protocol": evaluator.protocol,
         "seed": settings.seed,
         "max_steps": settings.max_steps,
+        "device": device_type(settings.device),
+        "dtype": settings.dtype,
         "settings": evaluator.settings(),
         "simulator": evaluator.simulator_versions(),
     }
@@ -151,7 +167,7 @@ def run_sweep(
     out: str | os.PathLike,
     settings: SweepSettings,
     *,
-    policy_loader: PolicyLoader = load_policy,
+    policy_loader: PolicyLoader | None = None,
     on_plan: Callable[[int, int], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepResult:
@@ -162,11 +178,16 @@ def run_sweep(
     and the results already stored. ``on_plan(to_run, already_done)`` is called once before
     running, ``on_record(record)`` after each stored episode.
 
+    ``policy_loader`` defaults to `load_policy` on ``settings.device`` in ``settings.dtype``.
+
     ``out`` is locked for the run (`ResultsLock`). The reports are rewritten only once every
     planned episode is on disk: a failed or interrupted run leaves the previous reports as
     they were (its finished episodes are kept and the next run resumes from them).
     """
     out = ensure_writable(out)
+    check_dtype(settings.dtype)
+    if policy_loader is None:
+        policy_loader = functools.partial(load_policy, device=settings.device, dtype=settings.dtype)
     if settings.modes is None:
         settings = dataclasses.replace(settings, modes=list(evaluator.protocol_modes()))
     for ckpt in checkpoints:
