@@ -112,7 +112,7 @@ MANISKILL3_DATA_SOURCES = (MANISKILL3_ASSET_ID, "widowx250s")
 INSTALL_HINT = (
     "install a SimplerEnv backend — the original SimplerEnv (git clone --recurse-submodules "
     "https://github.com/simpler-env/SimplerEnv, then pip install -e ManiSkill2_real2sim and pip install -e .) "
-    f'or ManiSkill3 (pip install "mani_skill>=3.0.0b10", then python -m mani_skill.utils.download_asset '
+    f'or ManiSkill3 (pip install "mani_skill==3.0.1", then python -m mani_skill.utils.download_asset '
     f"{MANISKILL3_ASSET_ID} -y, same for widowx250s) — and pick it with --suite-option backend=simpler_env|maniskill3"
 )
 
