@@ -166,3 +166,21 @@ def test_a_bundle_without_action_statistics_is_refused_unless_allowed(
     assert not list((tmp_path / "out").rglob("episodes.jsonl"))
     code, err = _run(capsys, *argv, "--allow-unnormalized")
     assert code == 0, err
+
+
+def test_a_plugin_sharing_envs_without_reuse_env_is_refused_before_any_episode(run_dir: Path, tmp_path: Path) -> None:
+    from tests.evaluation.doubles import SharedReachEvaluator
+    from vlm4vla.evaluation.plugin import Evaluator
+    from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
+
+    class NoReuse(SharedReachEvaluator):
+        name = "reach-shared-noreuse"
+        reuse_env = Evaluator.reuse_env
+
+    assert SharedReachEvaluator().reuses_envs and not NoReuse().reuses_envs
+    checkpoints = resolve_checkpoints(run_dir / "checkpoints" / "step=000100")
+    with pytest.raises(EvaluationError, match="does not override reuse_env"):
+        run_sweep(NoReuse(protocol="released"), checkpoints, tmp_path / "out", SweepSettings(modes=["full"]))
+    assert not list((tmp_path / "out").rglob("episodes.jsonl"))
+    # without groups (standard protocol) nothing is asked of it
+    run_sweep(NoReuse(), checkpoints, tmp_path / "std", SweepSettings(modes=["full"], episodes_per_task=1))

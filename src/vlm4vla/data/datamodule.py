@@ -102,6 +102,7 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
         self.image_size = int(image_size)  # side the training augmentation resizes to first (released: 224)
         self._normalizer: ActionNormalizer | None = None
         self._datasets: dict[str, ChunkDataset] = {}
+        self._source_size: list[int] | None = None
 
     # -- to implement ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -208,11 +209,14 @@ class VLADataModule(pl.LightningDataModule, abc.ABC):
         return None
 
     def source_image_size(self) -> list[int] | None:
-        """(height, width) of the stored training frames (None before `setup` or without frames)."""
-        dataset = self._datasets.get("train")
-        if dataset is None or len(dataset) == 0:
-            return None
-        return [int(v) for v in np.asarray(dataset.load_image(0, 0)).shape[:2]]
+        """(height, width) of the stored training frames (None before `setup` or without frames);
+        read from disk once (it is recorded at every checkpoint save)."""
+        if self._source_size is None:
+            dataset = self._datasets.get("train")
+            if dataset is None or len(dataset) == 0:
+                return None
+            self._source_size = [int(v) for v in np.asarray(dataset.load_image(0, 0)).shape[:2]]
+        return list(self._source_size)
 
     def image_pipeline(self) -> dict[str, Any]:
         """What the training images went through, recorded in every bundle so that evaluation feeds

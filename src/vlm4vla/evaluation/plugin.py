@@ -141,8 +141,15 @@ class Evaluator(abc.ABC):
         return None
 
     def reuse_env(self, env: Any, spec: Mapping[str, Any]) -> Any:
-        """The env of the previous episode of the group, prepared for ``spec`` (see `env_group`)."""
-        raise NotImplementedError(f"suite {self.name!r} shares envs between episodes but has no reuse_env")
+        """The env of the previous episode of the group, prepared for ``spec`` (see `env_group`).
+        A plugin whose `env_group` returns groups must override it; the harness checks that
+        before any episode runs."""
+        raise EvaluationError(f"suite {self.name!r} shares envs between episodes but does not override reuse_env")
+
+    @property
+    def reuses_envs(self) -> bool:
+        """Whether the plugin implements `reuse_env` (required when `env_group` returns groups)."""
+        return type(self).reuse_env is not Evaluator.reuse_env
 
     # ---------------------------------------------------------------- episodes
     @abc.abstractmethod

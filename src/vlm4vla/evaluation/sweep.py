@@ -200,6 +200,10 @@ def run_sweep(
     specs = plan_episodes(evaluator, settings)
     if not specs:
         raise EvaluationError(f"suite {evaluator.name!r}: no episodes to run for the selected tasks")
+    if not evaluator.reuses_envs and any(evaluator.env_group(spec) is not None for spec in specs):
+        raise EvaluationError(
+            f"suite {evaluator.name!r}: env_group shares envs between episodes but the plugin does not override reuse_env"
+        )
     with ResultsLock(out):
         return _run_locked(evaluator, checkpoints, out, settings, specs, policy_loader, on_plan, on_record)
 

@@ -8,6 +8,7 @@ LaTeX (booktabs) and CSV.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -26,8 +27,10 @@ PERCENT_SUITES = ("simpler_bridge", "libero10")  # success rates, printed in % a
 INCOMPLETE = "†"
 
 
+@functools.lru_cache(maxsize=1)
 def paper_reference() -> dict[str, Any]:
-    """The paper's numbers shipped with the package (``reporting/paper_results.json``)."""
+    """The paper's numbers shipped with the package (``reporting/paper_results.json``), read once
+    (callers only read it)."""
     return json.loads(resources.files("vlm4vla.reporting").joinpath("paper_results.json").read_text())
 
 

@@ -86,9 +86,15 @@ class CalvinEpisode:
         disconnected (``cid = -1``, which its ``close`` checks) and dropping it prevents both.
         """
         sim, self.sim = self.sim, None
-        close_if_closable(sim)
-        if sim is not None and hasattr(sim, "cid"):
-            sim.cid = -1
+        disconnect(sim)
+
+
+def disconnect(sim: Any) -> None:
+    """Close a calvin_env sim and mark it disconnected (``cid = -1``, which its ``close`` checks),
+    so its later ``__del__`` cannot disconnect a reused pybullet client id (see `CalvinEpisode.close`)."""
+    close_if_closable(sim)
+    if sim is not None and hasattr(sim, "cid"):
+        sim.cid = -1
 
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
@@ -114,6 +120,17 @@ def _sequence(spec: Mapping[str, Any]) -> Any:
     if list(spec.get("subtasks", sequence.subtasks)) != list(sequence.subtasks):
         raise ConfigError(f"CALVIN sequence {k}: spec subtasks {spec['subtasks']} differ from the shipped set")
     return sequence
+
+
+def _sequence_fields(sequence: Any) -> dict[str, Any]:
+    """The `CalvinEpisode` fields that depend on the sequence (the rest is the env's)."""
+    eval_set = load_eval_set()
+    return {
+        "sequence": sequence.index,
+        "scene_obs": np.asarray(sequence.scene_obs, dtype=np.float64),
+        "subtasks": sequence.subtasks,
+        "instructions": {t: eval_set.instruction(t) for t in sequence.subtasks},
+    }
 
 
 # -------------------------------------------------------------------- metrics
@@ -250,41 +267,25 @@ class CalvinEvaluator(Evaluator):
 
     # ---------------------------------------------------------------- rollout
     def make_env(self, spec: Mapping[str, Any], *, seed: int) -> CalvinEpisode:
-        k = _sequence(spec).index  # a bad spec is refused before the simulator is built
+        sequence = _sequence(spec)  # a bad spec is refused before the simulator is built
         eval_set = load_eval_set()
         sim = calvin_env_setup.make_sim(seed=seed, config_path=self.config_path, use_egl=self.use_egl)
         try:
             oracle = calvin_env_setup.make_task_oracle()
         except BaseException:
-            # As CalvinEpisode.close: mark it disconnected, or its __del__ cuts the next env's connection.
-            CalvinEpisode(sim, None, k, np.zeros(0), np.zeros(0), (), {}).close()
+            disconnect(sim)  # or its __del__ cuts the next env's connection
             raise
-        episode = CalvinEpisode(
+        return CalvinEpisode(
             sim=sim,
             oracle=oracle,
-            sequence=k,
             robot_obs=np.asarray(eval_set.robot_obs, dtype=np.float64),
-            scene_obs=np.zeros(0),
-            subtasks=(),
-            instructions={},
             image_size=int((spec.get("bundle") or {}).get("image_size", 224)),
+            **_sequence_fields(sequence),
         )
-        return self._retarget(episode, spec)
 
     def reuse_env(self, env: CalvinEpisode, spec: Mapping[str, Any]) -> CalvinEpisode:
         """The previous sequence's env for the next one (``released``): reset there by `run_episode`."""
-        return self._retarget(env, spec)
-
-    def _retarget(self, env: CalvinEpisode, spec: Mapping[str, Any]) -> CalvinEpisode:
-        sequence = _sequence(spec)
-        eval_set = load_eval_set()
-        return dataclasses.replace(
-            env,
-            sequence=sequence.index,
-            scene_obs=np.asarray(sequence.scene_obs, dtype=np.float64),
-            subtasks=sequence.subtasks,
-            instructions={t: eval_set.instruction(t) for t in sequence.subtasks},
-        )
+        return dataclasses.replace(env, **_sequence_fields(_sequence(spec)))
 
     def run_episode(
         self, env: CalvinEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
