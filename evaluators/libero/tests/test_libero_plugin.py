@@ -61,7 +61,9 @@ class FakeLiberoEnv:
         self.closed = True
 
 
-def _episode(env: FakeLiberoEnv, k: int = 3, *, center_crop: float | None = None, image_size: int | None = None) -> LiberoEpisode:
+def _episode(
+    env: FakeLiberoEnv, k: int = 3, *, center_crop: float | None = None, image_size: int | None = None
+) -> LiberoEpisode:
     """The episode env for init state ``k`` (init state ``j`` is ``np.full(5, j)``); by default the
     policy's image size is the camera's, so the policy image is the upright frame itself."""
     return LiberoEpisode(
@@ -316,9 +318,13 @@ def test_released_protocol_reuses_one_env_per_task_seeded_with_the_base_seed(mon
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        monkeypatch.setattr(evaluator, "bundle_settings", lambda config: {"camera_size": 8, "center_crop": None, "image_size": 8})
+        monkeypatch.setattr(
+            evaluator, "bundle_settings", lambda config: {"camera_size": 8, "center_crop": None, "image_size": 8}
+        )
         result = run_sweep(evaluator, [ckpt], out, settings, policy_loader=lambda c: predict)
-        records = [json.loads(line) for line in (Path(out) / "bundle" / "full" / "episodes.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (Path(out) / "bundle" / "full" / "episodes.jsonl").read_text().splitlines()
+        ]
     assert [(b["task"], b["seed"], b["init"]) for b in built] == [(tasks[0], 0, 0), (tasks[1], 0, 0)]
     # each env ran its task's three initial states in order: reset + set_init_state per episode
     for b in built:

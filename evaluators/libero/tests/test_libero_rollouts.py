@@ -113,3 +113,50 @@ def test_real_released_protocol_shares_an_env_per_task_and_is_reproducible(rlds_
     assert len({r["final_image_crc32"] for r in first}) == 4
     second = _evaluate(rlds_bundle, tmp_path / "out2", "--protocol", "released", episodes=2, steps=12)
     assert _without_timings(second) == _without_timings(first)
+
+
+def test_real_torchrun_two_ranks_match_one_process_and_resume_after_a_killed_rank(bundle: Path, tmp_path: Path) -> None:
+    """Issue 15's must-show: ``torchrun --nproc-per-node 2 --no-python vlm4vla-eval`` (gloo, CPU)
+    stores exactly the single process's records (``--max-batch 1``), once each, with one
+    ``best.json``; a rank killed mid-sweep and a re-run finish without redoing stored episodes."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from vlm4vla.evaluation.testing import launch_environment, stored_records, torchrun_eval_command
+
+    args = [
+        "--suite", "libero10", "--ckpt", str(bundle), "--tasks", ",".join(TASKS), "--episodes-per-task", "2",
+        "--max-steps", "20", "--modes", "full", "--max-batch", "1", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    single = tmp_path / "single"
+    _evaluate(bundle, single, "--max-batch", "1", episodes=2, steps=20)
+    expected = stored_records(single)
+    assert len(expected) == 4
+
+    out = tmp_path / "ranks"
+    command = torchrun_eval_command(2, [*args, "--out", str(out)])
+    proc = subprocess.Popen(
+        command, env=launch_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.glob("*/*/episodes.rank1.jsonl")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(int((out / ".vlm4vla-eval.rank1.lock").read_text().split()[1]), signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    partial = stored_records(out)
+    assert 0 < len(partial) < 4 and not (out / "best.json").exists()
+
+    rerun = subprocess.run(command, env=launch_environment(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert stored_records(out) == expected  # bit-identical fields, nothing lost, nothing twice
+    ran = sum(
+        int(line.split(" episodes run")[0].rsplit(" ", 1)[1])
+        for line in rerun.stdout.splitlines()
+        if "episodes run" in line
+    )
+    assert ran == 4 - len(partial), rerun.stdout
+    assert (out / "best.json").read_bytes() == (single / "best.json").read_bytes()

@@ -15,6 +15,12 @@ repeatable; values are YAML scalars); ``--protocol standard|released`` picks the
 canonical loop or the released VLM4VLA evaluation's. Both are recorded in every cell's
 ``meta.json`` (with the simulator versions) and a resume with other values is refused.
 
+Sharding: started by ``torchrun`` or ``srun`` (``torchrun --nproc-per-node 8 --no-python
+vlm4vla-eval …``) every rank takes its share of the episodes, binds its local rank's GPU and
+appends to its own shard files; rank 0 writes the reports when all have finished. ``--shard
+INDEX/COUNT`` runs one independent shard (job arrays); ``vlm4vla-eval --summarize OUT`` rebuilds
+the reports from whatever shards exist.
+
 Extra plugin modules (which call `vlm4vla.evaluation.register_evaluator` on import) can be
 loaded with ``--plugin-module MOD`` or ``VLM4VLA_EVAL_PLUGINS=mod1,mod2``.
 """
@@ -54,6 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="suite name (see --list-suites)")
     p.add_argument("--ckpt", type=Path, help="a policy bundle, or a run directory (all checkpoints/step=* bundles)")
     p.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="OUT",
+        help="rebuild OUT's reports from the episodes stored so far (all shards) and exit",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="run one independent shard of the sweep, e.g. ${SLURM_ARRAY_TASK_ID}/8 (torchrun/srun need none)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=24 * 60,
+        metavar="MINUTES",
+        help="how long a rank waits for the others at the final barrier (torchrun/srun; default 1440)",
+    )
+    p.add_argument(
         "--modes", default=None, help="chunk modes, comma-separated (default: the protocol's; standard: all three)"
     )
     p.add_argument(
@@ -69,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a constructor option of the suite's plugin, e.g. camera_size=256 (repeatable; see the plugin README)",
     )
-    p.add_argument("--device", default="auto", help="policy device: auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="policy device(s), one replica each: auto (every visible GPU, or the local rank's under torchrun/srun; "
+        "else the CPU), cpu, cuda, cuda:N, or a list cuda:0,cuda:1",
+    )
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -161,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, source in suites.items():
                 print(f"{name}\t{source}")
             return 0
+        if args.summarize is not None:
+            return _summarize(args)
         if not args.suite or args.ckpt is None:
-            return report_message(PROG, "--suite and --ckpt are required (or --list-suites)")
+            return report_message(PROG, "--suite and --ckpt are required (or --list-suites, --summarize OUT)")
         options = parse_suite_options(args.suite_option, args.protocol)
         return _evaluate(args, load_evaluator(args.suite, options))
     except SimulatorImportError as err:
@@ -176,11 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
     from vlm4vla.evaluation.chunking import parse_modes
-    from vlm4vla.evaluation.devices import resolve_device
+    from vlm4vla.evaluation.devices import resolve_devices
+    from vlm4vla.evaluation.distributed import ProcessGroup, detect_launch
     from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
 
+    launch = detect_launch(shard=args.shard)
     modes = parse_modes(args.modes) if args.modes is not None else None
-    device = resolve_device(args.device)
+    devices = resolve_devices(args.device, local_rank=launch.local_rank if launch.grouped else None)
     evaluator.check_available()  # a missing simulator is told before any bundle is read
     checkpoints = resolve_checkpoints(args.ckpt)
     settings = SweepSettings(
@@ -193,39 +226,75 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
         max_batch=args.max_batch,
         video=args.video,
         allow_unnormalized=args.allow_unnormalized,
-        device=device,
+        device=devices[0],
+        devices=devices,
         dtype=args.dtype,
+        suite_options=parse_suite_options(args.suite_option, args.protocol),
     )
+    quiet = args.quiet or launch.rank != 0
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        if args.quiet:
-            result = run_sweep(evaluator, checkpoints, args.out, settings)
-        else:
-            result = _run_with_progress(evaluator, checkpoints, args.out, settings)
+        with ProcessGroup(launch, timeout_minutes=args.dist_timeout) as group:
+            if quiet:
+                result = run_sweep(evaluator, checkpoints, args.out, settings, launch=launch, group=group)
+            else:
+                result = _run_with_progress(evaluator, checkpoints, args.out, settings, launch, group)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not args.quiet:
-        from rich.console import Console
-
-        from vlm4vla.evaluation.report import render_table, render_tasks
-
-        console = Console()
-        console.print(render_table(result.cells, result.best, evaluator.headline_metric, evaluator.name))
-        if result.best is not None:
-            best_cell = next(
-                c
-                for c in result.cells
-                if c["checkpoint"] == result.best["checkpoint"] and c["mode"] == result.best["mode"]
-            )
-            console.print(render_tasks(best_cell, evaluator.headline_metric))
-        console.print(
+    if launch.world_size > 1:  # one status line per rank, whatever --quiet says
+        if result.reported:
+            then = f"reports in {args.out}"
+        elif launch.grouped:
+            then = "rank 0 writes the reports"
+        else:
+            then = f"other shards are still missing; run {PROG} --summarize {args.out} when they have finished"
+        print(f"{PROG}: {launch.describe()}: {result.ran} episodes run, {result.skipped} already done; {then}")
+    if not result.reported:
+        return 0
+    if not quiet or (launch.source == "shard" and not args.quiet):
+        _print_results(evaluator.name, evaluator.headline_metric, result)
+        print(
             f"{result.ran} episodes run, {result.skipped} already done; reports in {args.out} "
             "(summary.md, summary.json, summary.csv, best.json, curves.png)"
         )
     return 0
 
 
-def _run_with_progress(evaluator, checkpoints, out, settings):  # noqa: ANN001, ANN202
+def _print_results(suite: str, metric: str, result: object) -> None:
+    from rich.console import Console
+
+    from vlm4vla.evaluation.report import render_table, render_tasks
+
+    console = Console()
+    console.print(render_table(result.cells, result.best, metric, suite))
+    if result.best is not None:
+        best_cell = next(
+            c for c in result.cells if c["checkpoint"] == result.best["checkpoint"] and c["mode"] == result.best["mode"]
+        )
+        console.print(render_tasks(best_cell, metric))
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from vlm4vla.evaluation.sweep import summarize_results
+
+    result = summarize_results(args.summarize)
+    if not args.quiet and result.cells:
+        _print_results(result.suite, result.cells[0]["headline_metric"], result)
+    incomplete = [
+        f"{c['checkpoint']}/{c['mode']} ({c['episodes']}/{c['expected_episodes']})"
+        for c in result.cells
+        if not c["complete"]
+    ]
+    state = (
+        f"incomplete cells: {', '.join(incomplete)}; the best is picked among the complete ones"
+        if incomplete
+        else "every cell is complete"
+    )
+    print(f"{PROG}: reports rebuilt in {args.summarize} from {result.ran} stored episodes; {state}")
+    return 0
+
+
+def _run_with_progress(evaluator, checkpoints, out, settings, launch, group):  # noqa: ANN001, ANN202
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -258,7 +327,9 @@ def _run_with_progress(evaluator, checkpoints, out, settings):  # noqa: ANN001, 
             successes[1] += 1
             progress.update(bar, advance=1, rate=f"success {successes[0]}/{successes[1]}")
 
-        return run_sweep(evaluator, checkpoints, out, settings, on_plan=on_plan, on_record=on_record)
+        return run_sweep(
+            evaluator, checkpoints, out, settings, on_plan=on_plan, on_record=on_record, launch=launch, group=group
+        )
 
 
 if __name__ == "__main__":

@@ -126,8 +126,11 @@ class VLACLI(LightningCLI):
             for klass in inspect.getmro(cls) if cls is not None else ():
                 init = klass.__dict__.get("__init__")
                 if init is not None:
-                    names |= {n for n, p in inspect.signature(init).parameters.items()
-                              if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+                    names |= {
+                        n
+                        for n, p in inspect.signature(init).parameters.items()
+                        if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                    }
             return [f"data.init_args.{n}" for n in sorted(names)]
         parser = self._subcommand_parsers.get(subcommand)
         return [a.dest for a in getattr(parser, "_actions", []) if isinstance(a.dest, str)]

@@ -32,11 +32,15 @@ COUNT_OPTIONS = {"chunk": 10, "freeze_vision": False, "freeze_embeddings": False
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--preset", action="append", metavar="NAME",
+        "--preset",
+        action="append",
+        metavar="NAME",
         help=f"preset name, repeatable, or 'all' ({', '.join(list_presets())})",
     )
     what.add_argument(
-        "--recipe", action="append", metavar="PATH",
+        "--recipe",
+        action="append",
+        metavar="PATH",
         help="recipe file for --memory, repeatable, or 'all' (every runnable recipe under recipes/)",
     )
     counts = parser.add_argument_group("parameter counts (--preset)")
@@ -44,20 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     counts.add_argument("--freeze-vision", action="store_true", help="freeze the vision encoder")
     counts.add_argument("--freeze-embeddings", action="store_true", help="freeze the word embeddings")
     counts.add_argument("--freeze-llm", action="store_true", help="freeze the whole language model")
-    counts.add_argument(
-        "--lora-rank", type=int, default=0, metavar="R", help="LoRA rank (0 = full fine-tuning)"
-    )
+    counts.add_argument("--lora-rank", type=int, default=0, metavar="R", help="LoRA rank (0 = full fine-tuning)")
     memory = parser.add_argument_group("memory estimate (--memory --recipe)")
     memory.add_argument(
-        "--memory", action="store_true",
+        "--memory",
+        action="store_true",
         help="estimate per-GPU training memory under FSDP2 (A100-80GB) for each --recipe",
     )
     memory.add_argument(
-        "--gpus", type=int, default=None, metavar="N",
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="N",
         help="total GPUs (default: the recipe's trainer.devices × trainer.num_nodes)",
     )
     memory.add_argument(
-        "--fused-attention", action="store_true",
+        "--fused-attention",
+        action="store_true",
         help="assume an attention kernel that stores no s×s scores (drops the 5·a·s² term)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -145,8 +152,19 @@ def _run_counts(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- memory
 MEMORY_COLUMNS = (
-    "recipe", "GPUs", "batch/GPU", "tokens LLM / ViT", "act. ckpt", "trainable",
-    "params", "grads", "AdamW", "unsharded", "activations", "total", "fits 80 GB",
+    "recipe",
+    "GPUs",
+    "batch/GPU",
+    "tokens LLM / ViT",
+    "act. ckpt",
+    "trainable",
+    "params",
+    "grads",
+    "AdamW",
+    "unsharded",
+    "activations",
+    "total",
+    "fits 80 GB",
 )
 
 

@@ -26,5 +26,7 @@ def run(args: argparse.Namespace) -> int:
     runs = load_runs(args.results, labels)
     capabilities = read_capabilities(args.capabilities) if args.capabilities is not None else None
     result = write_report(runs, args.out, capabilities=capabilities, capabilities_source=str(args.capabilities))
-    print(f"report: {len(result['tables'])} tables from {len(runs)} runs in {args.out} (report.md, tables.tex, tables.csv, figures)")
+    print(
+        f"report: {len(result['tables'])} tables from {len(runs)} runs in {args.out} (report.md, tables.tex, tables.csv, figures)"
+    )
     return 0

@@ -26,13 +26,51 @@ def resolve_device(text: str = "auto") -> str:
     if text == "cuda" or text.startswith("cuda:"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise EvaluationError(f"--device {text}: no CUDA device is visible (torch {torch.__version__}); use --device cpu")
+            raise EvaluationError(
+                f"--device {text}: no CUDA device is visible (torch {torch.__version__}); use --device cpu"
+            )
         if text.startswith("cuda:"):
             index = text.partition(":")[2]
             if not index.isdigit() or int(index) >= count:
                 raise EvaluationError(f"--device {text}: expected cuda:0 … cuda:{count - 1} ({count} visible)")
         return text
     raise EvaluationError(f"--device {text!r}: expected {DEVICES_HELP}")
+
+
+def resolve_devices(text: str = "auto", *, local_rank: int | None = None) -> list[str]:
+    """The devices of the policy replicas, one replica each.
+
+    ``auto`` / ``cuda``: every visible GPU, or under torchrun / srun (``local_rank`` given) the
+    local rank's GPU only (``cuda:0`` when the launcher shows each rank one GPU); ``auto``
+    without a GPU: the CPU. A comma-separated list names the
+    replicas' devices (a device may repeat: ``cpu,cpu`` runs two CPU replicas). One device type
+    per run: it is what the results record.
+    """
+    import torch
+
+    text = (text or "auto").strip().lower()
+    if "," in text:
+        devices = [resolve_device(part) for part in text.split(",") if part.strip()]
+    elif text in ("auto", "cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return [resolve_device(text)]  # cpu for auto; the one-line refusal for cuda
+        if local_rank is not None:
+            if count == 1:  # the launcher gave each rank its own GPU (srun --gpus-per-task=1)
+                return ["cuda:0"]
+            if local_rank >= count:
+                raise EvaluationError(
+                    f"--device {text}: local rank {local_rank} has no GPU of its own ({count} visible); "
+                    "start at most one rank per GPU"
+                )
+            return [f"cuda:{local_rank}"]
+        devices = [f"cuda:{i}" for i in range(count)]
+    else:
+        devices = [resolve_device(text)]
+    types = sorted({device_type(d) for d in devices})
+    if len(types) > 1:
+        raise EvaluationError(f"--device {text}: one device type per run, got {' and '.join(types)}")
+    return devices
 
 
 def device_type(device: str) -> str:
@@ -46,4 +84,4 @@ def check_dtype(text: str) -> str:
     return text
 
 
-__all__ = ["DTYPES", "check_dtype", "device_type", "resolve_device"]
+__all__ = ["DTYPES", "check_dtype", "device_type", "resolve_device", "resolve_devices"]

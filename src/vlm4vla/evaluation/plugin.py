@@ -185,6 +185,15 @@ class Evaluator(abc.ABC):
     def close_env(self, env: Any) -> None:
         close_if_closable(env)
 
+    def expected_steps(self, spec: Mapping[str, Any], *, max_steps: int | None = None) -> int:
+        """The env steps an episode may take, to balance shards across ranks (never changes an
+        outcome). Default: ``spec["max_steps"]`` or the evaluator's ``max_steps``, capped by
+        ``--max-steps``; chained suites multiply by their subtasks."""
+        limit = spec.get("max_steps", getattr(self, "max_steps", None))
+        if limit is None:
+            return max_steps or 1
+        return capped(int(limit), max_steps)
+
     # ---------------------------------------------------------------- metrics
     def metric(self, records: Sequence[Mapping[str, Any]]) -> float:
         """The headline number (``headline_metric``) of a set of records; default: success rate."""
@@ -372,7 +381,9 @@ def load_evaluator(name: str, options: Mapping[str, Any] | None = None) -> Evalu
         unknown = sorted(set(options) - set(valid))
         if unknown:
             known = ", ".join(sorted(valid)) or "none"
-            raise EvaluationError(f"--suite-option: suite {name!r} has no option {', '.join(unknown)} (options: {known})")
+            raise EvaluationError(
+                f"--suite-option: suite {name!r} has no option {', '.join(unknown)} (options: {known})"
+            )
         try:
             evaluator = obj(**options)
         except VLM4VLAError as err:

@@ -173,11 +173,17 @@ def _dumps(payload: Any) -> str:
 
 
 def write_reports(
-    out: str | os.PathLike, suite: str, metric: str, cells: Sequence[Mapping[str, Any]]
+    out: str | os.PathLike,
+    suite: str,
+    metric: str,
+    cells: Sequence[Mapping[str, Any]],
+    *,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """Write ``summary.{json,csv,md}``, ``best.json`` and ``curves.png`` in ``out``; return the best cell."""
+    """Write ``summary.{json,csv,md}``, ``best.json`` and ``curves.png`` in ``out``; return the best
+    cell, picked among ``candidates`` (default: all cells)."""
     out = Path(out)
-    best = pick_best(cells, metric)
+    best = pick_best(cells if candidates is None else candidates, metric)
     payload = {"suite": suite, "headline_metric": metric, "cells": list(cells), **best_payload(best, metric)}
     write_atomic(out / "summary.json", _dumps(payload))
     write_atomic(out / "summary.csv", summary_csv(cells))

@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
 import time
 import traceback
 import zlib
@@ -193,8 +194,12 @@ class InlinePool:
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
 
-    def run(self, units: Sequence[Unit], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
+    def run(
+        self, units: Sequence[Unit], predict: PredictFn | Sequence[PredictFn], on_record: OnRecord, stats: RunStats
+    ) -> None:
         start = time.perf_counter()
+        if isinstance(predict, Sequence):  # one env at a time: one replica is all it can use
+            predict = predict[0]
 
         def query(image: np.ndarray, text: str) -> np.ndarray:
             return _timed_predict(predict, stats, [image], [text])[0]
@@ -260,6 +265,83 @@ def _worker_main(wid: int, evaluator: Evaluator, inbox: Any, outbox: Any) -> Non
         inbox.put(("unit_done", wid))
 
 
+class _Replicas:
+    """The policy replicas serving a `ProcessPool`.
+
+    One replica: each batch runs in the calling thread as soon as it is formed (always idle).
+    Several: one thread per replica (CUDA forwards release the GIL); a batch goes to the idle
+    replica with the lowest index, whose thread sends each worker its chunk and then posts
+    ``("replica_idle", r)`` to the pool's inbox, waking the main loop to form the next batch.
+    """
+
+    def __init__(self, predict: PredictFn | Sequence[PredictFn], stats: RunStats, outboxes: Any, inbox: Any) -> None:
+        self.predicts = list(predict) if isinstance(predict, Sequence) else [predict]
+        if not self.predicts:
+            raise EvaluationError("no policy replica to serve the workers")
+        self.stats = stats
+        self.outboxes = outboxes
+        self.inbox = inbox
+        self.idle = list(range(len(self.predicts)))
+        self._threads: list[threading.Thread] = []
+        self._jobs: list[queue_mod.SimpleQueue[Any]] = []
+        self._lock = threading.Lock()
+        if len(self.predicts) > 1:
+            for r in range(len(self.predicts)):
+                jobs: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+                thread = threading.Thread(target=self._serve, args=(r, jobs), daemon=True, name=f"vlm4vla-replica-{r}")
+                thread.start()
+                self._jobs.append(jobs)
+                self._threads.append(thread)
+
+    @property
+    def busy(self) -> bool:
+        return len(self.idle) < len(self.predicts)
+
+    def has_idle(self) -> bool:
+        return bool(self.idle)
+
+    def release(self, r: int) -> None:
+        self.idle.append(r)
+        self.idle.sort()
+
+    def submit(self, batch: list[tuple[int, np.ndarray, str]]) -> None:
+        if not self._threads:
+            self._forward(0, batch)
+            return
+        r = self.idle.pop(0)
+        self._jobs[r].put(batch)
+
+    def _forward(self, r: int, batch: list[tuple[int, np.ndarray, str]]) -> None:
+        start = time.perf_counter()
+        out = np.asarray(self.predicts[r]([b[1] for b in batch], [b[2] for b in batch]), dtype=np.float32)
+        seconds = time.perf_counter() - start
+        with self._lock:
+            self.stats.add_forward(len(batch), seconds)
+        if out.ndim != 3 or out.shape[0] != len(batch):
+            raise EvaluationError(f"policy returned actions of shape {out.shape}; expected ({len(batch)}, N, D)")
+        for (w, _, _), chunk in zip(batch, out, strict=True):
+            self.outboxes[w].put(("chunk", chunk))
+
+    def _serve(self, r: int, jobs: queue_mod.SimpleQueue[Any]) -> None:
+        while True:
+            batch = jobs.get()
+            if batch is None:
+                return
+            try:
+                self._forward(r, batch)
+            except BaseException as err:  # the main loop raises it
+                text = str(err) if isinstance(err, EvaluationError) else f"{type(err).__name__}: {err}"
+                self.inbox.put(("replica_error", r, text, traceback.format_exc()))
+                return
+            self.inbox.put(("replica_idle", r))
+
+    def close(self) -> None:
+        for jobs in self._jobs:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+
+
 class ProcessPool:
     """``workers`` spawned processes, each owning its env; batched queries in the calling process."""
 
@@ -307,7 +389,12 @@ class ProcessPool:
             elif msg[0] == "error":
                 raise SimulatorImportError(msg[3]) if msg[5] else EvaluationError(f"{msg[2]}: {msg[3]}")
 
-    def run(self, units: Sequence[Unit], predict: PredictFn, on_record: OnRecord, stats: RunStats) -> None:
+    def run(
+        self, units: Sequence[Unit], predict: PredictFn | Sequence[PredictFn], on_record: OnRecord, stats: RunStats
+    ) -> None:
+        """Run ``units`` on the workers. ``predict`` may be a list of replicas (one per GPU): each
+        batch then goes to an idle replica, in its own thread, so the replicas run concurrently."""
+        replicas = _Replicas(predict, stats, self._outboxes, self._inbox)
         self._wait_ready()  # process start-up is not part of the measured run
         start = time.perf_counter()
         pending = deque(units)
@@ -323,7 +410,7 @@ class ProcessPool:
 
         try:
             dispatch()
-            while pending or running:
+            while pending or running or replicas.busy:
                 msgs = [self._receive(None)]
                 while True:  # everything already sent: all workers waiting right now join the batch
                     try:
@@ -344,6 +431,10 @@ class ProcessPool:
                     elif kind == "unit_done":
                         running.pop(w)
                         idle.append(w)
+                    elif kind == "replica_idle":
+                        replicas.release(w)
+                    elif kind == "replica_error":
+                        raise EvaluationError(f"policy replica {w}: {msg[2]}\n{msg[3]}")
                     elif kind == "error":
                         _, _, name, text, tb, is_import = msg
                         unit = running.get(w)
@@ -352,12 +443,11 @@ class ProcessPool:
                             raise SimulatorImportError(text)
                         raise EvaluationError(f"{name}{where}: {text}\n{tb}")
                 dispatch()
-                while waiting:
+                while waiting and replicas.has_idle():
                     batch, waiting = waiting[: self.max_batch], waiting[self.max_batch :]
-                    chunks = _timed_predict(predict, stats, [b[1] for b in batch], [b[2] for b in batch])
-                    for (w, _, _), chunk in zip(batch, chunks, strict=True):
-                        self._outboxes[w].put(("chunk", chunk))
+                    replicas.submit(batch)
         finally:
+            replicas.close()
             stats.wall_seconds += time.perf_counter() - start
 
     def close(self) -> None:

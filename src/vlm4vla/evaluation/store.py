@@ -13,6 +13,11 @@
 * One run at a time per output directory: `ResultsLock` holds an OS lock (``flock``) on
   ``OUT/.vlm4vla-eval.lock`` for the whole run; a second run is refused, naming the holder.
   The OS drops the lock when the holder exits, however it exits, so a stale file never blocks.
+* Sharded runs (`vlm4vla.evaluation.distributed`): rank R appends to its own shard file,
+  ``episodes.jsonl`` for rank 0 and ``episodes.rank<R>.jsonl`` otherwise, and holds the lock
+  ``.vlm4vla-eval.lock`` / ``.vlm4vla-eval.rank<R>.lock``. A cell's episodes are the union of its
+  shard files, whatever world size wrote them; a launch with another world size than one still
+  running on the same OUT is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -34,6 +40,28 @@ from vlm4vla.files import write_atomic
 EPISODES_NAME = "episodes.jsonl"
 META_NAME = "meta.json"
 LOCK_NAME = ".vlm4vla-eval.lock"
+LAUNCH_LOCK_NAME = ".vlm4vla-eval.launch.lock"
+_SHARD = re.compile(r"^episodes(?:\.rank(\d+))?\.jsonl$")
+_LOCK = re.compile(r"^\.vlm4vla-eval(?:\.rank(\d+))?\.lock$")
+_WORLD = re.compile(r", rank (\d+) of (\d+)$")
+
+
+def shard_name(rank: int) -> str:
+    """The episodes file rank ``rank`` appends to (rank 0 keeps the single-process name)."""
+    return EPISODES_NAME if rank == 0 else f"episodes.rank{rank}.jsonl"
+
+
+def lock_name(rank: int) -> str:
+    return LOCK_NAME if rank == 0 else f".vlm4vla-eval.rank{rank}.lock"
+
+
+def shard_files(directory: str | os.PathLike) -> list[Path]:
+    """A cell's shard files, by rank."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1) or 0), p) for p in directory.iterdir() if (m := _SHARD.match(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 class StoreError(EvaluationError):
@@ -65,33 +93,78 @@ class ResultsLock:
     (duplicates), and one's tail repair could cut the other's line in half. The file holds the
     holder's pid, host and start time, for the refusal message; it is never deleted (deleting a
     locked file lets a third run lock a new inode while the first still runs).
+
+    Rank ``rank`` of a sharded launch locks its own file (`lock_name`). While holding the short
+    launch lock it also checks the other ranks' locks: one held by a launch of another world size
+    is refused (its shards are split differently, so both would run the same episodes).
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.path = Path(directory) / LOCK_NAME
+    def __init__(self, directory: str | os.PathLike, *, rank: int = 0, world_size: int = 1) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / lock_name(rank)
+        self.rank = rank
+        self.world_size = world_size
         self._fd: int | None = None
 
     def acquire(self) -> ResultsLock:
+        launch_fd = self._open(self.directory / LAUNCH_LOCK_NAME)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise StoreError(f"{self.path}: cannot open the results lock ({err.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise StoreError(
-                    f"{self.path.parent} is in use by another vlm4vla-eval run ({holder}); "
-                    "wait for it to finish or use another --out"
-                ) from None
-            raise StoreError(f"{self.path}: cannot lock the results directory ({err.strerror})") from None
-        info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
-        self._fd = fd
+            fcntl.flock(launch_fd, fcntl.LOCK_EX)  # held for a few milliseconds by each starting rank
+            self._check_world_sizes()
+            fd = self._open(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise StoreError(
+                        f"{self.directory} is in use by another vlm4vla-eval run ({holder}); "
+                        "wait for it to finish or use another --out"
+                    ) from None
+                raise StoreError(f"{self.path}: cannot lock the results directory ({err.strerror})") from None
+            info = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            if self.world_size > 1:
+                info += f", rank {self.rank} of {self.world_size}"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (info + "\n").encode(), 0)
+            self._fd = fd
+        finally:
+            fcntl.flock(launch_fd, fcntl.LOCK_UN)
+            os.close(launch_fd)
         return self
+
+    def _open(self, path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"{path}: cannot open the results lock ({err.strerror})") from None
+
+    def _check_world_sizes(self) -> None:
+        for path in sorted(self.directory.iterdir()):
+            match = _LOCK.match(path.name)
+            if not match or path == self.path:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError as err:
+                    if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                        raise
+                    holder = _read_holder(fd)
+                    found = _WORLD.search(holder)
+                    world = int(found.group(2)) if found else 1
+                    if world != self.world_size:
+                        raise StoreError(
+                            f"{self.directory} is being written by a launch of world size {world} ({holder}); "
+                            f"this one has world size {self.world_size}: wait for it to finish (a finished "
+                            "launch's episodes are kept whatever the world size) or use another --out"
+                        ) from None
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -116,60 +189,63 @@ def _read_holder(fd: int) -> str:
 
 
 class CellStore:
-    """Episodes of one (checkpoint, mode) cell."""
+    """Episodes of one (checkpoint, mode) cell; this process appends to its rank's shard file."""
 
-    def __init__(self, directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    def __init__(self, directory: str | os.PathLike, meta: Mapping[str, Any], *, rank: int = 0) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / EPISODES_NAME
+        self.path = self.directory / shard_name(rank)
         self.meta = dict(meta)
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._loaded = False
 
     # ---------------------------------------------------------------- reading
     def load(self, *, repair: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
-        """Finished episodes by (task, episode id). A truncated last line is dropped (and, with
-        ``repair``, cut off the file); settings that differ from ``meta.json`` are refused."""
+        """Finished episodes by (task, episode id), from every shard file (by rank; an episode
+        found twice keeps its first record). A truncated last line is ignored; with ``repair``
+        it is cut off this rank's own file (another rank's file is its owner's to repair).
+        Settings that differ from ``meta.json`` are refused."""
         self._check_meta()
         self._records = {}
-        if self.path.is_file():
-            raw = self.path.read_bytes()
-            good_end = 0
-            offset = 0
-            for line_no, line in enumerate(raw.split(b"\n"), start=1):
-                end = offset + len(line) + 1
-                complete = end <= len(raw)
-                offset = end
-                if not line.strip():
-                    if complete:
-                        good_end = end
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict) or "task" not in record or "episode_id" not in record:
-                        raise ValueError("not an episode record")
-                except ValueError:
-                    if not complete:
-                        break  # the tail of a killed write: ignore (and repair below)
-                    raise StoreError(
-                        f"{self.path}:{line_no}: damaged record; move the file away to re-run this cell"
-                    ) from None
-                self._records.setdefault(episode_key(record["task"], record["episode_id"]), record)
-                good_end = min(end, len(raw))
-            if repair and good_end < len(raw):
-                with open(self.path, "r+b") as f:
-                    f.truncate(good_end)
-                    if good_end and not raw[:good_end].endswith(b"\n"):
-                        f.seek(good_end)
-                        f.write(b"\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-            elif repair and raw and not raw.endswith(b"\n"):
-                with open(self.path, "ab") as f:
-                    f.write(b"\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+        for path in shard_files(self.directory):
+            self._read(path, repair=repair and path == self.path)
         self._loaded = True
         return dict(self._records)
+
+    def _read(self, path: Path, *, repair: bool) -> None:
+        raw = path.read_bytes()
+        good_end = 0
+        offset = 0
+        for line_no, line in enumerate(raw.split(b"\n"), start=1):
+            end = offset + len(line) + 1
+            complete = end <= len(raw)
+            offset = end
+            if not line.strip():
+                if complete:
+                    good_end = end
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or "task" not in record or "episode_id" not in record:
+                    raise ValueError("not an episode record")
+            except ValueError:
+                if not complete:
+                    break  # the tail of a killed write: ignore (and repair below)
+                raise StoreError(f"{path}:{line_no}: damaged record; move the file away to re-run this cell") from None
+            self._records.setdefault(episode_key(record["task"], record["episode_id"]), record)
+            good_end = min(end, len(raw))
+        if repair and good_end < len(raw):
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+                if good_end and not raw[:good_end].endswith(b"\n"):
+                    f.seek(good_end)
+                    f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        elif repair and raw and not raw.endswith(b"\n"):
+            with open(path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
 
     def _check_meta(self) -> None:
         meta_path = self.directory / META_NAME
@@ -216,7 +292,7 @@ class CellStore:
         if key in self._records:
             return
         line = json.dumps(dict(record), sort_keys=True, allow_nan=True) + "\n"
-        if not self.path.exists():
+        if not (self.directory / META_NAME).exists():
             self.directory.mkdir(parents=True, exist_ok=True)
             meta_path = self.directory / META_NAME
             if not meta_path.exists():

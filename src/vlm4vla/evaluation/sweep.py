@@ -4,7 +4,7 @@ episodes, then summarise every cell and pick the best one."""
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,15 +14,26 @@ from typing import Any
 
 import numpy as np
 
+from vlm4vla.errors import one_line
 from vlm4vla.evaluation.chunking import steps_per_query
 from vlm4vla.evaluation.devices import check_dtype, device_type
+from vlm4vla.evaluation.distributed import Launch, ProcessGroup, assign_shards
 from vlm4vla.evaluation.plugin import EvaluationError, Evaluator, require_action_statistics
 from vlm4vla.evaluation.report import write_reports
 from vlm4vla.evaluation.runner import Job, PredictFn, RunStats, Unit, episode_seed, make_pool
-from vlm4vla.evaluation.store import CellStore, ResultsLock, cell_directory, ensure_writable, episode_key
+from vlm4vla.evaluation.store import (
+    CellStore,
+    ResultsLock,
+    StoreError,
+    cell_directory,
+    ensure_writable,
+    episode_key,
+)
+from vlm4vla.files import write_atomic
 from vlm4vla.policy.bundle import CONFIG_NAME, BundleError, check_bundle_files
 
 _STEP = re.compile(r"^step=(\d+)$")
+PLAN_NAME = "plan.json"
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,15 @@ class SweepSettings:
     allow_unnormalized: bool = False
     device: str = "cpu"
     """The resolved policy device (`vlm4vla.evaluation.devices.resolve_device`)."""
+    devices: Sequence[str] = ()
+    """One policy replica per entry (`resolve_devices`), serving all workers; empty: ``(device,)``."""
     dtype: str = "float32"
+    suite_options: Mapping[str, Any] = field(default_factory=dict)
+    """The plugin's constructor options, recorded in ``OUT/plan.json`` for ``--summarize``."""
+
+    @property
+    def replica_devices(self) -> list[str]:
+        return list(self.devices) or [self.device]
 
 
 @dataclass
@@ -92,6 +111,9 @@ class SweepResult:
     stats: RunStats
     ran: int
     skipped: int
+    reported: bool = True
+    """Whether this process wrote the reports (rank 0, or the last independent shard to finish)."""
+    suite: str = ""
 
 
 PolicyLoader = Callable[[Checkpoint], PredictFn]
@@ -150,7 +172,7 @@ def cell_meta(evaluator: Evaluator, settings: SweepSettings) -> dict[str, Any]:
         "protocol": evaluator.protocol,
         "seed": settings.seed,
         "max_steps": settings.max_steps,
-        "device": device_type(settings.device),
+        "device": device_type(settings.replica_devices[0]),
         "dtype": settings.dtype,
         "settings": evaluator.settings(),
         "simulator": evaluator.simulator_versions(),
@@ -170,6 +192,8 @@ def run_sweep(
     policy_loader: PolicyLoader | None = None,
     on_plan: Callable[[int, int], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    launch: Launch | None = None,
+    group: ProcessGroup | None = None,
 ) -> SweepResult:
     """Evaluate every (checkpoint, mode) cell, resuming from ``out``, and write the reports.
 
@@ -178,34 +202,87 @@ def run_sweep(
     and the results already stored. ``on_plan(to_run, already_done)`` is called once before
     running, ``on_record(record)`` after each stored episode.
 
-    ``policy_loader`` defaults to `load_policy` on ``settings.device`` in ``settings.dtype``.
+    ``policy_loader(checkpoint)`` returns a predict function; it is called once per replica
+    (``settings.devices``). Default: `load_policy` on each device in ``settings.dtype``.
 
-    ``out`` is locked for the run (`ResultsLock`). The reports are rewritten only once every
-    planned episode is on disk: a failed or interrupted run leaves the previous reports as
-    they were (its finished episodes are kept and the next run resumes from them).
+    ``launch`` (`vlm4vla.evaluation.distributed`): this process's rank. Its shard of the units is
+    run and appended to its own shard files; in a grouped launch (``group``: torchrun / srun) the
+    ranks agree on every check and on the plan before any episode runs, and rank 0 writes the
+    reports once every rank has finished. An independent shard (``--shard``) writes them only if
+    it finds every cell complete when it ends (the last shard to finish does).
+
+    ``out`` is locked for the run (`ResultsLock`, one lock per rank). The reports are rewritten
+    only once every planned episode is on disk: a failed or interrupted run leaves the previous
+    reports as they were (its finished episodes are kept and the next run resumes from them).
     """
-    out = ensure_writable(out)
+    launch = launch or Launch()
+    group = group or ProcessGroup(Launch())
     check_dtype(settings.dtype)
-    if policy_loader is None:
-        policy_loader = functools.partial(load_policy, device=settings.device, dtype=settings.dtype)
     if settings.modes is None:
         settings = dataclasses.replace(settings, modes=list(evaluator.protocol_modes()))
-    for ckpt in checkpoints:
-        try:
-            require_action_statistics(ckpt.config, allow_unnormalized=settings.allow_unnormalized)
-            evaluator.check_bundle(ckpt.config)
-        except EvaluationError as err:
-            raise type(err)(f"{ckpt.path}: {err}") from None
-    evaluator.check_available()
-    specs = plan_episodes(evaluator, settings)
-    if not specs:
-        raise EvaluationError(f"suite {evaluator.name!r}: no episodes to run for the selected tasks")
-    if not evaluator.reuses_envs and any(evaluator.env_group(spec) is not None for spec in specs):
-        raise EvaluationError(
-            f"suite {evaluator.name!r}: env_group shares envs between episodes but the plugin does not override reuse_env"
+
+    def prepare() -> tuple[Path, list[dict[str, Any]]]:
+        directory = ensure_writable(out)
+        for ckpt in checkpoints:
+            try:
+                require_action_statistics(ckpt.config, allow_unnormalized=settings.allow_unnormalized)
+                evaluator.check_bundle(ckpt.config)
+            except EvaluationError as err:
+                raise type(err)(f"{ckpt.path}: {err}") from None
+        evaluator.check_available()
+        specs = plan_episodes(evaluator, settings)
+        if not specs:
+            raise EvaluationError(f"suite {evaluator.name!r}: no episodes to run for the selected tasks")
+        if not evaluator.reuses_envs and any(evaluator.env_group(spec) is not None for spec in specs):
+            raise EvaluationError(
+                f"suite {evaluator.name!r}: env_group shares envs between episodes but the plugin does not override reuse_env"
+            )
+        return directory, specs
+
+    out_dir, specs = _agree(group, launch, prepare)
+    lock = ResultsLock(out_dir, rank=launch.rank, world_size=launch.world_size)
+    _agree(group, launch, lock.acquire, undo=lock.release)
+    try:
+        return _run_locked(
+            evaluator, checkpoints, out_dir, settings, specs, policy_loader, on_plan, on_record, launch, group
         )
-    with ResultsLock(out):
-        return _run_locked(evaluator, checkpoints, out, settings, specs, policy_loader, on_plan, on_record)
+    finally:
+        lock.release()
+
+
+def _agree(group: ProcessGroup, launch: Launch, step: Callable[[], Any], undo: Callable[[], None] | None = None) -> Any:
+    """Run ``step`` on every rank and go on only if it succeeded on all of them: a rank whose
+    check failed raises its error, the others one line naming it (instead of waiting forever)."""
+    try:
+        value, failure = step(), None
+    except Exception as err:  # every rank must reach the gather, whatever went wrong
+        value, failure, error = None, one_line(err), err
+    failures = group.all_gather(failure)
+    if failure is not None:
+        raise error
+    stopped = [(rank, text) for rank, text in enumerate(failures) if text is not None]
+    if stopped:
+        if undo is not None:
+            undo()
+        rank, text = stopped[0]
+        raise EvaluationError(f"{launch.describe()}: stopping because rank {rank} failed: {text}")
+    return value
+
+
+def _plan_record(
+    evaluator: Evaluator, checkpoints: Sequence[Checkpoint], settings: SweepSettings, specs: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``OUT/plan.json``: what `summarize_results` needs to rebuild the reports from the shards."""
+    return {
+        "suite": evaluator.name,
+        "suite_options": dict(settings.suite_options),
+        "modes": list(settings.modes or ()),
+        "checkpoints": [
+            {"name": c.name, "path": str(c.path), "step": c.step, "chunk_size": int(c.config["chunk_size"])}
+            for c in checkpoints
+        ],
+        "episodes": [[s["task"], s["episode_id"]] for s in specs],
+    }
 
 
 def _run_locked(
@@ -214,63 +291,86 @@ def _run_locked(
     out: Path,
     settings: SweepSettings,
     specs: Sequence[dict[str, Any]],
-    policy_loader: PolicyLoader,
+    policy_loader: PolicyLoader | None,
     on_plan: Callable[[int, int], None] | None,
     on_record: Callable[[dict[str, Any]], None] | None,
+    launch: Launch,
+    group: ProcessGroup,
 ) -> SweepResult:
     first_of_task: dict[str, list[Any]] = {}
     for spec in specs:
         first_of_task.setdefault(spec["task"], []).append(spec["episode_id"])
 
     meta = cell_meta(evaluator, settings)
-    stores: dict[tuple[str, str], CellStore] = {}
-    units_by_ckpt: dict[str, list[Unit]] = {}
-    skipped = 0
-    for ckpt in checkpoints:
-        chunk = int(ckpt.config["chunk_size"])
-        bundle = evaluator.bundle_settings(ckpt.config)
-        units = units_by_ckpt.setdefault(ckpt.name, [])
-        for mode in settings.modes:
-            directory = cell_directory(out, ckpt.name, mode)
-            store = stores[(ckpt.name, mode)] = CellStore(directory, {**meta, "chunk_size": chunk, "bundle": bundle})
-            done = store.load(repair=True)
-            groups: dict[str, list[Job]] = {}
-            for spec in specs:
-                spec = {**spec, "bundle": bundle}
-                finished = episode_key(spec["task"], spec["episode_id"]) in done
-                group = evaluator.env_group(spec)
-                if finished:
-                    skipped += 1
-                    if group is None:
-                        continue
-                video = None
-                if settings.video and spec["episode_id"] in first_of_task[spec["task"]][: settings.video]:
-                    video = str(directory / "videos" / _safe(spec["task"]) / f"{_safe(spec['episode_id'])}.mp4")
-                job = Job(
-                    spec=spec,
-                    task=spec["task"],
-                    episode_id=spec["episode_id"],
-                    checkpoint=ckpt.name,
-                    step=ckpt.step,
-                    mode=mode,
-                    chunk_size=chunk,
-                    # A shared env is seeded once, with the base seed (the released code's env.seed(0)).
-                    seed=settings.seed if group is not None else episode_seed(settings.seed, spec["task"], spec["episode_id"]),
-                    max_steps=settings.max_steps,
-                    video_path=video,
-                    protocol=evaluator.protocol,
-                    replay=finished,
-                )
-                if group is None:
-                    units.append(Unit([job]))
-                else:
-                    groups.setdefault(group, []).append(job)
-            for jobs in groups.values():
-                # Run up to the group's last missing episode, replaying the finished ones before it.
-                last = max((i for i, j in enumerate(jobs) if not j.replay), default=None)
-                if last is not None:
-                    units.append(Unit(jobs[: last + 1], shared_env=True))
-    to_run = sum(not job.replay for units in units_by_ckpt.values() for unit in units for job in unit.jobs)
+    plan = _plan_record(evaluator, checkpoints, settings, specs)
+
+    def load_and_plan() -> tuple[dict[tuple[str, str], CellStore], list[Unit], int]:
+        stores: dict[tuple[str, str], CellStore] = {}
+        units: list[Unit] = []
+        skipped = 0
+        for ckpt in checkpoints:
+            chunk = int(ckpt.config["chunk_size"])
+            bundle = evaluator.bundle_settings(ckpt.config)
+            for mode in settings.modes:
+                directory = cell_directory(out, ckpt.name, mode)
+                store = CellStore(directory, {**meta, "chunk_size": chunk, "bundle": bundle}, rank=launch.rank)
+                stores[(ckpt.name, mode)] = store
+                done = store.load(repair=True)
+                groups: dict[str, list[Job]] = {}
+                for spec in specs:
+                    spec = {**spec, "bundle": bundle}
+                    finished = episode_key(spec["task"], spec["episode_id"]) in done
+                    env_group = evaluator.env_group(spec)
+                    skipped += finished
+                    video = None
+                    if settings.video and spec["episode_id"] in first_of_task[spec["task"]][: settings.video]:
+                        video = str(directory / "videos" / _safe(spec["task"]) / f"{_safe(spec['episode_id'])}.mp4")
+                    job = Job(
+                        spec=spec,
+                        task=spec["task"],
+                        episode_id=spec["episode_id"],
+                        checkpoint=ckpt.name,
+                        step=ckpt.step,
+                        mode=mode,
+                        chunk_size=chunk,
+                        # A shared env is seeded once, with the base seed (the released code's env.seed(0)).
+                        seed=settings.seed
+                        if env_group is not None
+                        else episode_seed(settings.seed, spec["task"], spec["episode_id"]),
+                        max_steps=settings.max_steps,
+                        video_path=video,
+                        protocol=evaluator.protocol,
+                        replay=finished,
+                    )
+                    if env_group is None:
+                        units.append(Unit([job]))
+                    else:
+                        groups.setdefault(env_group, []).append(job)
+                # A group is one unit, run in order in one env (replaying its finished episodes).
+                units.extend(Unit(jobs, shared_env=True) for jobs in groups.values())
+        return stores, units, skipped
+
+    stores, all_units, skipped = _agree(group, launch, load_and_plan)
+    digest = _digest(plan, settings)
+    digests = group.all_gather(digest)  # after every rank has read the stores: no rank has appended yet
+    if len(set(digests)) > 1:
+        other = next(r for r, d in enumerate(digests) if d != digests[0])
+        raise EvaluationError(
+            f"{launch.describe()}: rank {other} was started with other arguments than rank 0 "
+            "(checkpoints, modes, tasks, episodes or settings differ); launch every rank with the same command"
+        )
+    if launch.world_size > len(all_units):
+        raise EvaluationError(
+            f"{launch.describe()}: {launch.world_size} ranks for {len(all_units)} units of work "
+            f"(checkpoint × mode × episode, an env-sharing group counting once); use at most {len(all_units)} ranks"
+        )
+    plan_path = out / PLAN_NAME
+    if launch.source == "shard":
+        _check_shard_plan(plan_path, plan, digest)
+    if launch.rank == 0 or launch.source == "shard":
+        write_atomic(plan_path, json.dumps({**plan, "digest": digest}, indent=2, sort_keys=True, default=str) + "\n")
+    mine = _my_units(evaluator, all_units, settings, launch)
+    to_run = sum(not job.replay for unit in mine for job in unit.jobs)
     if on_plan is not None:
         on_plan(to_run, skipped)
 
@@ -281,58 +381,158 @@ def _run_locked(
         if on_record is not None:
             on_record(record)
 
-    # No reports on failure: partial cells would replace the last complete summary (or write
-    # ``"best": null`` for a sweep whose first bundle failed to load).
-    if to_run:
+    def run_mine() -> None:
+        if not to_run:
+            return
+        devices = settings.replica_devices[: max(1, settings.workers)]
         with make_pool(evaluator, settings.workers, max_batch=settings.max_batch) as pool:
             for ckpt in checkpoints:
-                units = units_by_ckpt[ckpt.name]
+                units = [u for u in mine if u.jobs[0].checkpoint == ckpt.name]
                 if units:
-                    pool.run(units, policy_loader(ckpt), store_record, stats)
-    cells, best = _summarize(evaluator, checkpoints, settings, stores, specs, out)
-    return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped)
+                    pool.run(units, _load_replicas(ckpt, devices, settings, policy_loader), store_record, stats)
+
+    # Every rank meets here once its shard is done; no reports on failure: partial cells would
+    # replace the last complete summary (or write ``"best": null`` for a sweep whose first bundle
+    # failed to load).
+    _agree(group, launch, run_mine)
+    cells: list[dict[str, Any]] = []
+    best = None
+    if launch.writes_reports or launch.source == "shard":
+        for store in stores.values():
+            store.load(repair=False)  # the other ranks' records
+        wanted = [episode_key(s["task"], s["episode_id"]) for s in specs]
+        cells = _cells(evaluator, plan, stores, wanted)
+        incomplete = [f"{c['checkpoint']}/{c['mode']}" for c in cells if not c["complete"]]
+        if launch.source == "shard":
+            if incomplete:  # the other shards have not finished yet: the last one writes the reports
+                return SweepResult(cells=cells, best=None, stats=stats, ran=to_run, skipped=skipped, reported=False)
+        elif incomplete:
+            # Reports are rebuilt only from complete data; the episodes stay on disk for a re-run.
+            raise EvaluationError(
+                f"{out}: cells {', '.join(incomplete)} are missing episodes after the run; reports not rewritten"
+            )
+        best = write_reports(out, evaluator.name, evaluator.headline_metric, cells)
+        return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped, reported=True)
+    return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped, reported=False)
 
 
-def _summarize(
+def _my_units(evaluator: Evaluator, units: Sequence[Unit], settings: SweepSettings, launch: Launch) -> list[Unit]:
+    """This rank's units. A grouped launch splits what remains (every rank read the same stores);
+    independent shards split the whole plan, so shards started at different times agree."""
+    if launch.world_size == 1:
+        return [_trimmed(u) for u in units if not all(j.replay for j in u.jobs)]
+    pool = [u for u in units if not all(j.replay for j in u.jobs)] if launch.grouped else list(units)
+    costs = [sum(evaluator.expected_steps(j.spec, max_steps=settings.max_steps) for j in u.jobs) for u in pool]
+    owners = assign_shards(costs, launch.world_size)
+    return [
+        _trimmed(u)
+        for u, owner in zip(pool, owners, strict=True)
+        if owner == launch.rank and not all(j.replay for j in u.jobs)
+    ]
+
+
+def _trimmed(unit: Unit) -> Unit:
+    """A unit up to its last missing episode (the finished ones before it are replayed)."""
+    last = max(i for i, job in enumerate(unit.jobs) if not job.replay)
+    return dataclasses.replace(unit, jobs=unit.jobs[: last + 1])
+
+
+def _check_shard_plan(path: Path, plan: Mapping[str, Any], digest: str) -> None:
+    """Independent shards split the plan among themselves only if they all run the same one."""
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text()).get("digest")
+    except (ValueError, AttributeError):
+        stored = None
+    if stored is not None and stored != digest:
+        raise EvaluationError(
+            f"{path}: written by a sweep with another plan (checkpoints, modes, tasks, episodes or settings); "
+            "every --shard of a sweep must be started with the same command (or use another --out)"
+        )
+
+
+def _digest(plan: Mapping[str, Any], settings: SweepSettings) -> str:
+    import hashlib
+
+    what = {**plan, "seed": settings.seed, "max_steps": settings.max_steps, "dtype": settings.dtype}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_replicas(
+    ckpt: Checkpoint, devices: Sequence[str], settings: SweepSettings, policy_loader: PolicyLoader | None
+) -> list[PredictFn]:
+    if policy_loader is not None:
+        return [policy_loader(ckpt) for _ in devices]
+    return [load_policy(ckpt, device=device, dtype=settings.dtype) for device in devices]
+
+
+def _cells(
     evaluator: Evaluator,
-    checkpoints: Sequence[Checkpoint],
-    settings: SweepSettings,
+    plan: Mapping[str, Any],
     stores: Mapping[tuple[str, str], CellStore],
-    specs: Sequence[Mapping[str, Any]],
-    out: Path,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    wanted = {episode_key(s["task"], s["episode_id"]) for s in specs}
+    wanted: Sequence[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """One summary per (checkpoint, mode) of ``plan`` from the records of the planned episodes."""
+    wanted_set = set(wanted)
     metric = evaluator.headline_metric
     cells = []
-    for index, ckpt in enumerate(checkpoints):
-        chunk = int(ckpt.config["chunk_size"])
-        for mode in settings.modes:
+    for index, ckpt in enumerate(plan["checkpoints"]):
+        chunk = int(ckpt["chunk_size"])
+        for mode in plan["modes"]:
             records = [
-                r for r in stores[(ckpt.name, mode)].records() if episode_key(r["task"], r["episode_id"]) in wanted
+                r
+                for r in stores[(ckpt["name"], mode)].records()
+                if episode_key(r["task"], r["episode_id"]) in wanted_set
             ]
-            metrics = evaluator.summarize(records)
             cells.append(
                 {
-                    "checkpoint": ckpt.name,
-                    "checkpoint_path": str(ckpt.path),
+                    "checkpoint": ckpt["name"],
+                    "checkpoint_path": ckpt["path"],
                     "checkpoint_index": index,
-                    "step": ckpt.step,
+                    "step": ckpt["step"],
                     "mode": mode,
                     "chunk_size": chunk,
                     "steps_per_query": steps_per_query(mode, chunk),
                     "episodes": len(records),
-                    "expected_episodes": len(specs),
-                    "complete": len(records) == len(specs),
+                    "expected_episodes": len(wanted_set),
+                    "complete": len(records) == len(wanted_set),
                     "headline_metric": metric,
                     metric: evaluator.metric(records),
-                    "metrics": metrics,
+                    "metrics": evaluator.summarize(records),
                 }
             )
-    incomplete = [f"{c['checkpoint']}/{c['mode']}" for c in cells if not c["complete"]]
-    if incomplete:
-        # Reports are rebuilt only from complete data; the episodes stay on disk for a re-run.
-        raise EvaluationError(
-            f"{out}: cells {', '.join(incomplete)} are missing episodes after the run; reports not rewritten"
-        )
-    best = write_reports(out, evaluator.name, metric, cells)
-    return cells, best
+    return cells
+
+
+def summarize_results(out: str | os.PathLike) -> SweepResult:
+    """Rebuild ``OUT``'s reports from whatever shard files exist (``vlm4vla-eval --summarize``).
+
+    The plan comes from ``OUT/plan.json`` (written when the sweep started); cells still missing
+    episodes are reported with their counts, and the best cell is picked among the complete
+    ones. Reads only: no lock is needed, and a running sweep is not disturbed.
+    """
+    from vlm4vla.evaluation.plugin import load_evaluator
+
+    out = Path(out)
+    plan_path = out / PLAN_NAME
+    if not plan_path.is_file():
+        raise StoreError(f"{plan_path}: not found; --summarize needs a results directory written by vlm4vla-eval")
+    try:
+        plan = json.loads(plan_path.read_text())
+        evaluator = load_evaluator(plan["suite"], plan.get("suite_options") or {})
+        wanted = [episode_key(task, episode_id) for task, episode_id in plan["episodes"]]
+        stores = {
+            (c["name"], mode): CellStore(cell_directory(out, c["name"], mode), {})
+            for c in plan["checkpoints"]
+            for mode in plan["modes"]
+        }
+    except (ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"{plan_path}: damaged ({one_line(err)}); re-run the sweep to rewrite it") from None
+    cells = _cells(evaluator, plan, stores, wanted)
+    complete = [c for c in cells if c["complete"]]
+    best = write_reports(out, evaluator.name, evaluator.headline_metric, cells, candidates=complete)
+    ran = sum(c["episodes"] for c in cells)
+    return SweepResult(
+        cells=cells, best=best, stats=RunStats(), ran=ran, skipped=0, reported=True, suite=evaluator.name
+    )

@@ -144,6 +144,44 @@ def write_tiny_bundle(
     return Path(directory)
 
 
+def torchrun_eval_command(nproc: int, args: Sequence[str]) -> list[str]:
+    """``torchrun --nproc-per-node N --no-python vlm4vla-eval ARGS`` on a free loopback port, with
+    this interpreter's torchrun and vlm4vla-eval (for sharding tests of a plugin)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    return [
+        str(bin_dir / "torchrun"), "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+        "--master-port", str(port), "--no-python", str(bin_dir / "vlm4vla-eval"), *args,
+    ]  # fmt: skip
+
+
+def launch_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any launcher's rank variables (a clean torchrun start)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        env.pop(name, None)
+    return env
+
+
+def stored_records(
+    out: str | os.PathLike, ignore: Sequence[str] = ("seconds",)
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Every record in every shard file under ``out`` by (checkpoint, mode, task, episode id),
+    without the ``ignore`` fields; an episode stored twice is an `AssertionError`."""
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for path in sorted(Path(out).glob("*/*/episodes*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            key = (record["checkpoint"], record["mode"], record["task"], json.dumps(record["episode_id"]))
+            assert key not in found, f"{key} stored twice under {out}"
+            found[key] = {k: v for k, v in record.items() if k not in ignore}
+    return found
+
+
 def _contract_query(image: np.ndarray, instruction: str) -> np.ndarray:
     """A deterministic chunk of 4 small actions depending on the image only; gripper 1."""
     phase = float(np.asarray(image, dtype=np.float64).mean()) / 255.0
@@ -337,6 +375,9 @@ class EvaluatorContract:
 
 
 __all__ = [
+    "launch_environment",
+    "stored_records",
+    "torchrun_eval_command",
     "FORBIDDEN_IMPORTS",
     "HUB_OFFLINE",
     "EvaluatorContract",

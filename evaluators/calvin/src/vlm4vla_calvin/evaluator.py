@@ -219,7 +219,10 @@ class CalvinEvaluator(Evaluator):
 
     def simulator_versions(self) -> dict[str, Any]:
         if self._versions is None:
-            self._versions = {**distribution_versions("calvin_env", "pybullet"), **calvin_env_setup.calvin_env_version()}
+            self._versions = {
+                **distribution_versions("calvin_env", "pybullet"),
+                **calvin_env_setup.calvin_env_version(),
+            }
         return dict(self._versions)
 
     def protocol_modes(self) -> tuple[str, ...]:
@@ -286,6 +289,10 @@ class CalvinEvaluator(Evaluator):
     def reuse_env(self, env: CalvinEpisode, spec: Mapping[str, Any]) -> CalvinEpisode:
         """The previous sequence's env for the next one (``released``): reset there by `run_episode`."""
         return dataclasses.replace(env, **_sequence_fields(_sequence(spec)))
+
+    def expected_steps(self, spec: Mapping[str, Any], *, max_steps: int | None = None) -> int:
+        """A chain runs up to ``max_steps`` per subtask (stopping at the first failure)."""
+        return capped(self.max_steps, max_steps) * len(spec.get("subtasks") or ())
 
     def run_episode(
         self, env: CalvinEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None

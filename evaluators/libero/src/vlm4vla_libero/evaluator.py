@@ -389,6 +389,9 @@ class LiberoEvaluator(Evaluator):
         obs, _reward, done, _info = env.sim.step(action)
         return obs, bool(done)
 
+    def expected_steps(self, spec: Mapping[str, Any], *, max_steps: int | None = None) -> int:
+        return capped(self.max_steps, max_steps) + self.wait_steps
+
     def run_episode(
         self, env: LiberoEpisode, policy: Any, spec: Mapping[str, Any], *, max_steps: int | None = None
     ) -> dict[str, Any]:

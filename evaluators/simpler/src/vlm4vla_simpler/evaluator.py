@@ -437,7 +437,9 @@ class SimplerEpisode:
         for role in ("source", "target"):
             actor = objs.get(getattr(env, f"{role}_obj_name", None))
             if actor is not None:
-                xyz = np.asarray(actor.pose.p.detach().cpu().numpy() if hasattr(actor.pose.p, "detach") else actor.pose.p)
+                xyz = np.asarray(
+                    actor.pose.p.detach().cpu().numpy() if hasattr(actor.pose.p, "detach") else actor.pose.p
+                )
                 out[f"final_{role}_xyz"] = [round(float(v), 6) for v in xyz.reshape(-1)[:3]]
         return out
 
