@@ -507,7 +507,9 @@ class VLABackbone(nn.Module, abc.ABC):
         device, dtype = self.device, self.model.dtype
         # Images follow the model's precision (a bf16 evaluation casts the weights, not the processor).
         inputs = {
-            k: (v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor) else v
+            k: (v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device))
+            if isinstance(v, torch.Tensor)
+            else v
             for k, v in inputs.items()
         }
         index = index.to(device)
@@ -572,7 +574,26 @@ class VLABackbone(nn.Module, abc.ABC):
         embedding_ids = {id(p) for p in self.word_embeddings.parameters()}
         return [p for p in head.parameters() if id(p) not in embedding_ids]
 
+    sized_variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    """``tiny:<family>/<name>`` builds of a chosen size for measurements (not parametrised over by
+    the test-suite like ``tiny_variants``)."""
+    encode_runs_lm_head: ClassVar[bool] = False
+    """Whether `encode` runs the stock forward through the LM head (Kosmos-2), which then stays."""
+
+    def drop_unused_lm_head(self) -> list[str]:
+        """Remove an untied LM head that `encode` never runs (it holds vocabulary × hidden weights,
+        ~1 GB for Qwen2.5-VL-7B in bf16, that no action ever depends on). Returns the state-dict
+        names (relative to ``self.model``) of the removed parameters, ``[]`` when there is none."""
+        if self.encode_runs_lm_head or not self.unused_parameters():
+            return []
+        head = self.output_embeddings
+        name = next(n for n, m in self.model.named_modules() if m is head)
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        removed = [f"{name}.{n}" for n, _ in head.named_parameters()]
+        setattr(parent, attr, None)
+        return removed
+
     def extra_repr(self) -> str:
         switches = "".join(f", {k}={v!r}" for k, v in self.switches.items())
         return f"name={self.name!r}, prompt_scheme={self.prompt_scheme!r}, image_size={self.image_size}{switches}"
-

@@ -57,7 +57,8 @@ def create_backbone(
     if name.startswith("tiny:"):
         family, _, variant = name.removeprefix("tiny:").partition("/")
         cls = get_backbone(family)
-        overrides = getattr(cls, "tiny_variants", {}).get(variant, {}) if variant else {}
+        variants = {**getattr(cls, "tiny_variants", {}), **getattr(cls, "sized_variants", {})}
+        overrides = variants.get(variant, {}) if variant else {}
         backbone = cls.tiny(**options, **overrides)
         if weights == "random":
             backbone.init_from_scratch()

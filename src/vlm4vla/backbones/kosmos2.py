@@ -43,6 +43,7 @@ class Kosmos2Backbone(VLABackbone):
 
     hf_model_class = Kosmos2ForConditionalGeneration
     hf_config_class = Kosmos2Config
+    encode_runs_lm_head = True  # `encode` runs the stock forward (one logit column)
     image_processor_class = CLIPImageProcessorPil
     prompt_schemes = ("default",)
     action_query_token = "</s>"
@@ -50,7 +51,9 @@ class Kosmos2Backbone(VLABackbone):
     language_model_path = "text_model.model"
     decoder_layer_class_names = ("Kosmos2TextBlock",)
     vision_block_class_names = ("Kosmos2VisionEncoderLayer",)
-    lora_target_modules = r".*text_model\.model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|ffn\.(fc1|fc2))"
+    lora_target_modules = (
+        r".*text_model\.model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|ffn\.(fc1|fc2))"
+    )
     # <s>, <pad>, </s>, <unk> at ids 0-3 as in the real XLM-R based tokenizer.
     tiny_special_tokens = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
     switch_names = ("kosmos2_prompt",)
@@ -83,7 +86,9 @@ class Kosmos2Backbone(VLABackbone):
         tokenizer = processor.tokenizer
         text = tokenizer(
             [RELEASED_PROMPT.format(instruction=t) for t in instructions],
-            return_tensors="pt", padding=True, padding_side="right",
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
         )
         bsz = len(instructions)
         slots = int(getattr(processor, "num_image_tokens", 64))
@@ -92,12 +97,14 @@ class Kosmos2Backbone(VLABackbone):
         first = tokenizer.unk_token_id + 1
         slot_ids = torch.arange(first, first + slots).expand(bsz, slots)
         ones, zeros = torch.ones(bsz, slots, dtype=torch.long), torch.zeros_like(text["input_ids"])
-        batch = BatchFeature({
-            "pixel_values": processor.image_processor(images, return_tensors="pt")["pixel_values"],
-            "input_ids": torch.cat([slot_ids, text["input_ids"]], dim=1),
-            "attention_mask": torch.cat([ones, text["attention_mask"].long()], dim=1),
-            "image_embeds_position_mask": torch.cat([ones, zeros], dim=1),
-        })
+        batch = BatchFeature(
+            {
+                "pixel_values": processor.image_processor(images, return_tensors="pt")["pixel_values"],
+                "input_ids": torch.cat([slot_ids, text["input_ids"]], dim=1),
+                "attention_mask": torch.cat([ones, text["attention_mask"].long()], dim=1),
+                "image_embeds_position_mask": torch.cat([ones, zeros], dim=1),
+            }
+        )
         return cls.append_action_query(batch, processor)
 
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -116,7 +116,7 @@ class _QwenVLBackbone(VLABackbone):
         image_processor = getattr(self.processor, "image_processor", None)
         if image_processor is not None:
             size = image_processor.size
-            value = lambda key: (size.get(key) if isinstance(size, dict) else getattr(size, key, None))  # noqa: E731
+            value = lambda key: size.get(key) if isinstance(size, dict) else getattr(size, key, None)  # noqa: E731
             low = getattr(image_processor, "min_pixels", None) or value("shortest_edge")
             high = getattr(image_processor, "max_pixels", None) or value("longest_edge")
             if low and high:
@@ -175,12 +175,19 @@ class _QwenVLBackbone(VLABackbone):
     @classmethod
     def _tiny_special_ids(cls, tokenizer: Any) -> dict[str, int]:
         # Qwen has no BOS; the config validator wants an id inside the (tiny) vocabulary.
-        return {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.pad_token_id}
+        return {
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.pad_token_id,
+        }
 
     @classmethod
     def tiny_image_processor(cls) -> Any:
         return Qwen2VLImageProcessorPil(
-            patch_size=cls.tiny_patch_size, merge_size=2, temporal_patch_size=2, **copy.deepcopy(RELEASED_IMAGE_PROCESSOR)
+            patch_size=cls.tiny_patch_size,
+            merge_size=2,
+            temporal_patch_size=2,
+            **copy.deepcopy(RELEASED_IMAGE_PROCESSOR),
         )
 
 
@@ -192,6 +199,9 @@ class Qwen2_5_VLBackbone(_QwenVLBackbone):
     hf_config_class = Qwen2_5_VLConfig
     decoder_layer_class_names = ("Qwen2_5_VLDecoderLayer",)
     vision_block_class_names = ("Qwen2_5_VLVisionBlock",)
+    # ``tiny:qwen2.5-vl/sharding``: ~380 MB in fp32 with an untied LM head, large enough to
+    # measure start-up memory under FSDP2 (tests/training/test_sharded_init.py).
+    sized_variants = {"sharding": {"hidden_size": 768, "num_hidden_layers": 20, "tie_word_embeddings": False}}
 
     @staticmethod
     def one_d_positions(attention_mask: torch.Tensor, action_query_index: torch.Tensor) -> torch.Tensor:
@@ -205,12 +215,13 @@ class Qwen2_5_VLBackbone(_QwenVLBackbone):
     def tiny_config(cls, tokenizer: Any, **overrides: Any) -> Qwen2_5_VLConfig:
         hidden = overrides.pop("hidden_size", 64)
         tie = overrides.pop("tie_word_embeddings", True)
-        heads = 4
+        layers = overrides.pop("num_hidden_layers", 2)
+        heads = hidden // 16  # head_dim 16: the mrope_section below sums to head_dim / 2
         text = {
             "vocab_size": len(tokenizer),
             "hidden_size": hidden,
             "intermediate_size": 2 * hidden,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
@@ -232,7 +243,11 @@ class Qwen2_5_VLBackbone(_QwenVLBackbone):
             "out_hidden_size": hidden,
         }
         return Qwen2_5_VLConfig(
-            text_config=text, vision_config=vision, tie_word_embeddings=tie, **cls._tiny_token_ids(tokenizer), **overrides
+            text_config=text,
+            vision_config=vision,
+            tie_word_embeddings=tie,
+            **cls._tiny_token_ids(tokenizer),
+            **overrides,
         )
 
 
@@ -261,7 +276,11 @@ class _Qwen3VLFamily(_QwenVLBackbone):
     @classmethod
     def tiny_image_processor(cls) -> Any:
         return Qwen2VLImageProcessorPil(
-            patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            patch_size=16,
+            merge_size=2,
+            temporal_patch_size=2,
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
             **copy.deepcopy(RELEASED_IMAGE_PROCESSOR),
         )
 

@@ -165,6 +165,8 @@ MEMORY_COLUMNS = (
     "activations",
     "total",
     "fits 80 GB",
+    "host RAM/rank before",
+    "host RAM now (rank 0 / others)",
 )
 
 
@@ -185,6 +187,8 @@ def memory_rows(estimates: Sequence[MemoryEstimate]) -> list[list[str]]:
             f"{e.activations_gb:.2f}",
             f"{e.total_gb:.2f}",
             "yes" if e.fits else "no",
+            f"{e.host_before_gb:.1f}",
+            f"{e.host_rank0_gb:.1f} / {e.host_others_gb:.2f}",
         ]
         for e in estimates
     ]
@@ -233,7 +237,7 @@ def _run_memory(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=True)
     for row in memory_rows(estimates):
         table.add_row(*row)
-    _print_table(table, min_width=180)
+    _print_table(table, min_width=230)
     return 0
 
 

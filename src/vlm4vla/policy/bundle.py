@@ -79,7 +79,9 @@ def save_bundle(policy: VLAPolicy, directory: str | os.PathLike, *, state_dict: 
         else:
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().contiguous().cpu() for k, v in _dedupe(state_dict).items()}, str(tmp / WEIGHTS_NAME))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in _dedupe(state_dict).items()}, str(tmp / WEIGHTS_NAME)
+            )
         policy.backbone.processor.save_pretrained(tmp / PROCESSOR_DIR)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
@@ -180,6 +182,8 @@ def load_weights(policy: VLAPolicy, weights: Path, family: str) -> None:
             f"{weights}: weights do not match the {family} architecture in {CONFIG_NAME} ({first_line})"
         ) from None
     tied = {name for name in missing if _is_tied(policy, name)}
+    dropped = tuple(getattr(policy, "dropped_keys", ()))
+    unexpected = [name for name in unexpected if name not in dropped]
     if set(missing) - tied or unexpected:
         raise BundleError(
             f"{weights}: weights do not match the {family} architecture in {CONFIG_NAME} "

@@ -66,6 +66,14 @@ class VLAPolicy(nn.Module):
         for param in backbone.unused_parameters():
             param.requires_grad_(False)
 
+    def drop_unused_lm_head(self) -> list[str]:
+        """Remove the backbone's untied, never-run LM head (`VLABackbone.drop_unused_lm_head`):
+        done by FSDP2 training and by bundle loading. Returns the removed state-dict names (in
+        this module's namespace); checkpoints that still hold them load with those keys skipped."""
+        removed = [f"backbone.model.{name}" for name in self.backbone.drop_unused_lm_head()]
+        self.dropped_keys = sorted({*getattr(self, "dropped_keys", ()), *removed})
+        return removed
+
     # ------------------------------------------------------------------ forward
     def predict(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Arm (B, N, 6) in [-1, 1] and gripper logits (B, N) for processed inputs."""
@@ -125,8 +133,13 @@ class VLAPolicy(nn.Module):
         from vlm4vla.backbones.factory import create_backbone
 
         backbone = create_backbone(
-            config.backbone, weights=config.weights, path=config.backbone_path, hf_config=config.backbone_config,
-            processor=processor, prompt_scheme=config.prompt_scheme, image_size=config.image_size,
+            config.backbone,
+            weights=config.weights,
+            path=config.backbone_path,
+            hf_config=config.backbone_config,
+            processor=processor,
+            prompt_scheme=config.prompt_scheme,
+            image_size=config.image_size,
             switches=config.switches(),
         )
         policy = cls(
@@ -186,6 +199,7 @@ class VLAPolicy(nn.Module):
         # The architecture comes from the stored configuration; the weights from the bundle.
         policy = cls.from_config(config.replace(weights="random"), processor=processor)
         policy.spec = config
+        policy.drop_unused_lm_head()  # never run; bundles written before FSDP2 dropped it still hold it
         bundle.load_weights(policy, weights, config.family)
         return policy.to(device).eval()
 
@@ -218,7 +232,9 @@ class VLAPolicy(nn.Module):
         settings = settings or LoraSettings()
         backbone = self.backbone
         target_parameters = (
-            list(backbone.lora_target_parameters) if settings.include_experts and backbone.lora_target_parameters else None
+            list(backbone.lora_target_parameters)
+            if settings.include_experts and backbone.lora_target_parameters
+            else None
         )
         if target_parameters and settings.dropout:
             raise ValueError(
@@ -279,7 +295,6 @@ class VLAPolicy(nn.Module):
         if lora:
             counts["lora_params"] = lora
         return counts
-
 
 
 def create_policy(config: VLAConfig | str, /, *, processor: Any = None, **overrides: Any) -> VLAPolicy:

@@ -260,8 +260,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) to the hparams.
     module = VLAModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     policy = module.build_policy()
+    # FSDP2 training drops the never-run LM head; checkpoints of other runs still hold it.
+    dropped = set(policy.drop_unused_lm_head())
     prefix = "policy."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    weights = {
+        k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] not in dropped
+    }
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     if unexpected or any(not _tied_elsewhere(policy, name) for name in missing):
         raise ValueError(

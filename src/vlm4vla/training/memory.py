@@ -16,6 +16,12 @@ decoder layer and vision block, see `vlm4vla.training.strategies`) keeps on each
   forward, so its gathered copy stays resident from the forward to the backward pass;
 * **activations** — per micro-batch, from the sequence lengths below.
 
+Under FSDP2 over several ranks the untied LM head (vocabulary × hidden, never run) is not part
+of the policy (`VLAPolicy.drop_unused_lm_head`), so it is in none of the terms. **Host RAM at
+start-up** (fp32): before, every rank built the whole policy (one copy each); now rank 0 alone
+does and the other ranks hold one tensor at a time (`build_sharded_policy`); DDP and one GPU
+build one copy per rank as before.
+
 Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 Transformer Models", no tensor/sequence parallelism), for 16-bit activations::
 
@@ -63,11 +69,16 @@ A100_80GB = 80.0
 _DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 # Lightning ``trainer.precision`` → dtype of the parameters the optimizer updates.
 _MASTER_DTYPE = {
-    "64": "float64", "64-true": "float64",
-    "32": "float32", "32-true": "float32",
-    "bf16-mixed": "float32", "16-mixed": "float32",
-    "bf16-true": "bfloat16", "bf16": "bfloat16",
-    "16-true": "float16", "16": "float16",
+    "64": "float64",
+    "64-true": "float64",
+    "32": "float32",
+    "32-true": "float32",
+    "bf16-mixed": "float32",
+    "16-mixed": "float32",
+    "bf16-true": "bfloat16",
+    "bf16": "bfloat16",
+    "16-true": "float16",
+    "16": "float16",
 }
 # Lightning ``trainer.precision`` → dtype the forward runs in when FSDP2 does not set one.
 _COMPUTE_DTYPE = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
@@ -102,6 +113,14 @@ class MemoryEstimate:
     unsharded_root_gb: float
     activations_gb: float
     total_gb: float
+    lm_head_params: int = 0
+    """Parameters of the untied LM head left out under FSDP2 (0: kept, or there is none)."""
+    host_before_gb: float = 0.0
+    """Host RAM per rank at start-up when every rank builds the whole policy (fp32): the old FSDP2 path."""
+    host_rank0_gb: float = 0.0
+    """… on rank 0 now (it alone reads the weights); equal to ``host_before_gb`` for DDP / one GPU."""
+    host_others_gb: float = 0.0
+    """… on every other rank now (one tensor at a time under FSDP2)."""
     gpu_memory_gb: float = A100_80GB
     # the `VLAConfig` (``to_dict()``) that was sized, as training builds it
     config: dict[str, Any] | None = None
@@ -139,6 +158,9 @@ class _Profile:
     root_params: int
     language: _Tower
     vision: _Tower
+    lm_head_params: int = 0
+    """The untied LM head that FSDP2 training drops (`VLAPolicy.drop_unused_lm_head`)."""
+    largest_tensor_params: int = 0
 
 
 # ---------------------------------------------------------------------- tokens
@@ -185,6 +207,10 @@ def _cached_profile(config_json: str, text_tokens: int) -> _Profile:
         trainable_params=policy.num_trainable_parameters(),
         largest_unit_params=max((_numel(unit) for unit in (*layers, *blocks)), default=0),
         root_params=sum(p.numel() for p in policy.parameters() if id(p) not in in_units),
+        lm_head_params=0
+        if vla_backbone.encode_runs_lm_head
+        else sum(p.numel() for p in vla_backbone.unused_parameters()),
+        largest_tensor_params=max(p.numel() for p in policy.parameters()),
         language=_Tower(
             layers=len(layers),
             hidden=vla_backbone.hidden_size,
@@ -218,9 +244,7 @@ def activation_bytes(
 ) -> float:
     """Stored activations of one micro-batch across the trainable towers."""
     live = [t for t in towers if t.trainable and t.layers]
-    full = [
-        layer_activation_bytes(t.tokens, t.hidden, t.heads, attention_scores=attention_scores) for t in live
-    ]
+    full = [layer_activation_bytes(t.tokens, t.hidden, t.heads, attention_scores=attention_scores) for t in live]
     if checkpointing:
         per_sample = sum(t.layers * 2 * t.tokens * t.hidden for t in live) + max(full, default=0)
     else:
@@ -322,9 +346,7 @@ def estimate_memory(
     shards = world if sharded else 1
     precision = str(trainer.get("precision", "32-true"))
     if precision not in _MASTER_DTYPE:
-        raise ValueError(
-            f"trainer.precision: cannot size {precision!r}; expected one of {sorted(_MASTER_DTYPE)}"
-        )
+        raise ValueError(f"trainer.precision: cannot size {precision!r}; expected one of {sorted(_MASTER_DTYPE)}")
     master = _MASTER_DTYPE[precision]
     fsdp_dtype = model.get("fsdp_param_dtype")
     if sharded and fsdp_dtype is not None:
@@ -339,15 +361,25 @@ def estimate_memory(
     master_bytes, compute_bytes = _DTYPE_BYTES[master], _DTYPE_BYTES[compute]
     checkpointing = bool(model["activation_checkpointing"])
 
-    params = profile.total_params * master_bytes / shards
+    # FSDP2 over several ranks builds on the meta device, without the never-run LM head; rank 0
+    # alone reads the weights (one fp32 copy in host RAM), the others hold one tensor at a time.
+    meta_build = sharded and world > 1
+    head = profile.lm_head_params if meta_build else 0
+    host_before = profile.total_params * 4
+    host_rank0 = host_before
+    host_others = profile.largest_tensor_params * 4 if meta_build else host_before
+    params = (profile.total_params - head) * master_bytes / shards
     grads = profile.trainable_params * master_bytes / shards
     optimizer = 2 * profile.trainable_params * master_bytes / shards
     # Without sharding nothing is gathered; under FSDP2 two units are in flight (prefetch).
     unsharded_layer = 2 * profile.largest_unit_params * compute_bytes if sharded else 0.0
-    unsharded_root = profile.root_params * compute_bytes if sharded else 0.0
+    unsharded_root = (profile.root_params - head) * compute_bytes if sharded else 0.0
     activations = activation_bytes(
-        (profile.language, profile.vision), micro_batch=micro_batch, checkpointing=checkpointing,
-        attention_scores=attention_scores, compute_bytes=compute_bytes,
+        (profile.language, profile.vision),
+        micro_batch=micro_batch,
+        checkpointing=checkpointing,
+        attention_scores=attention_scores,
+        compute_bytes=compute_bytes,
     )
     parts = [x / GIB for x in (params, grads, optimizer, unsharded_layer, unsharded_root, activations)]
     return MemoryEstimate(
@@ -373,6 +405,10 @@ def estimate_memory(
         unsharded_root_gb=parts[4],
         activations_gb=parts[5],
         total_gb=sum(parts),
+        lm_head_params=head,
+        host_before_gb=host_before / GIB,
+        host_rank0_gb=host_rank0 / GIB,
+        host_others_gb=host_others / GIB,
         gpu_memory_gb=gpu_memory_gb,
         config=module.vla_config.to_dict(),
     )

@@ -134,8 +134,20 @@ class VLAModule(pl.LightningModule):
         self.policy = policy
         return policy
 
+    @property
+    def _builds_sharded(self) -> bool:
+        """FSDP2 over several ranks: the policy is built by `build_sharded_policy` in
+        `configure_model` (rank 0 holds the only full copy), not by every rank in `setup`."""
+        mesh = self._device_mesh
+        return mesh is not None and mesh.size() > 1
+
     def setup(self, stage: str) -> None:
+        if self._builds_sharded and self.policy is None:
+            return  # built, and wired to the datamodule, in configure_model
         self.build_policy()
+        self._wire_datamodule()
+
+    def _wire_datamodule(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return
@@ -153,13 +165,37 @@ class VLAModule(pl.LightningModule):
             self.policy.image_pipeline = datamodule.image_pipeline()
 
     def configure_model(self) -> None:
-        """Called by Lightning after ``setup``; under ``ModelParallelStrategy`` shards with FSDP2."""
+        """Called by Lightning after ``setup``; under ``ModelParallelStrategy`` shards with FSDP2.
+
+        Over several ranks the policy is built on the meta device and filled from rank 0
+        (`vlm4vla.training.strategies.build_sharded_policy`): one full copy in host memory on
+        rank 0, none on the others, and no LM head. One device and DDP build it as before."""
+        if self._sharded:
+            return
+        if self._builds_sharded and self.policy is None:
+            from vlm4vla.training.strategies import build_sharded_policy
+
+            self.policy = build_sharded_policy(
+                lambda: VLAPolicy.from_config(self.vla_config),
+                self._device_mesh,
+                device=self._root_device(),
+                param_dtype=self.hparams.fsdp_param_dtype,
+                activation_checkpointing=bool(self.hparams.activation_checkpointing),
+            )
+            self._sharded = True
+            self._wire_datamodule()
+            return
         policy = self.build_policy()
-        if self._device_mesh is not None and not self._sharded:
+        if self._device_mesh is not None:
             from vlm4vla.training.strategies import shard_policy
 
             shard_policy(policy, self._device_mesh, param_dtype=self.hparams.fsdp_param_dtype)
             self._sharded = True
+
+    def _root_device(self) -> torch.device:
+        if self._trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning restores model, optimiser, scheduler and loops; the RNG streams (dropout)
@@ -210,8 +246,15 @@ class VLAModule(pl.LightningModule):
         if on_step and not self._is_logging_step():
             out = {"loss": out["loss"]}  # the progress bar's loss only
         for key, value in out.items():
-            self.log(f"{prefix}/{key}", value.detach(), batch_size=batch_size, on_step=on_step,
-                     on_epoch=not on_step, prog_bar=key == "loss", sync_dist=not on_step)
+            self.log(
+                f"{prefix}/{key}",
+                value.detach(),
+                batch_size=batch_size,
+                on_step=on_step,
+                on_epoch=not on_step,
+                prog_bar=key == "loss",
+                sync_dist=not on_step,
+            )
         return out["loss"]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -271,7 +314,9 @@ class VLAModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
         total = None
         if self._trainer is not None:
-            total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+            total = (
+                self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+            )
         schedule = lr_lambda(self.warmup_steps_resolved(), hp.lr_schedule, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
