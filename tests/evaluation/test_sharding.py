@@ -46,12 +46,16 @@ def test_rank_and_world_size_come_from_torchrun_srun_or_shard() -> None:
     torchrun = detect_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
     assert (torchrun.rank, torchrun.world_size, torchrun.local_rank, torchrun.source) == (3, 8, 1, "torchrun")
     assert torchrun.grouped and not torchrun.writes_reports
-    slurm = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_LOCALID": "0"})
+    slurm = detect_launch(
+        {"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "0"}
+    )
     assert (slurm.rank, slurm.world_size, slurm.source) == (0, 16, "slurm") and slurm.writes_reports
     # torchrun inside an allocation: torchrun's variables win over SLURM's
-    both = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"})  # fmt: skip
+    both = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "SLURM_LOCALID": "0"})  # fmt: skip
     assert (both.rank, both.source) == (1, "torchrun")
-    assert detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}).world_size == 1
+    assert detect_launch({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "SLURM_LOCALID": "0"}).world_size == 1
+    # the batch script of ``sbatch --ntasks=8`` (not an srun step): one process, no rendezvous
+    assert detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}) == Launch()
     shard = detect_launch({}, shard="2/5")
     assert (shard.rank, shard.world_size, shard.source, shard.grouped, shard.writes_reports) == (
         2,
@@ -65,8 +69,8 @@ def test_rank_and_world_size_come_from_torchrun_srun_or_shard() -> None:
             detect_launch({}, shard=bad)
     with pytest.raises(ConfigError, match=r"\$RANK=2 with \$WORLD_SIZE=2: expected 0 ≤ rank < world size"):
         detect_launch({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
-    with pytest.raises(ConfigError, match=r"\$SLURM_NTASKS='x': expected an integer"):
-        detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "x", "SLURM_LOCALID": "0"})
+    with pytest.raises(ConfigError, match=r"\$SLURM_STEP_NUM_TASKS='x': expected an integer"):
+        detect_launch({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "x", "SLURM_LOCALID": "0"})
 
 
 def test_rendezvous_under_srun_needs_the_first_node_on_several_nodes() -> None:
@@ -219,7 +223,7 @@ def test_shards_of_another_plan_and_more_shards_than_work_are_refused(
     assert main([*base, "--episodes-per-task", "2", "--shard", "0/2"]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*.jsonl")}
     err = _error(capsys, [*base, "--episodes-per-task", "3", "--shard", "1/2"])
-    assert "plan.json: written by a sweep with another plan" in err
+    assert "plan.json: written by --shard …/2 of a sweep with another plan" in err
     assert {p: p.read_bytes() for p in out.rglob("*.jsonl")} == before
     assert main([*base, "--episodes-per-task", "2", "--shard", "1/2"]) == 0
     assert len(_records(out)) == 4 and (out / "best.json").is_file()
@@ -403,7 +407,12 @@ def test_srun_ranks_rendezvous_on_one_node_from_the_slurm_variables_alone(tmp_pa
         "--ckpt", str(run_dir / "checkpoints" / "step=000100"), "--modes", "full", "--episodes-per-task", "3",
         "--max-batch", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out"),
     ]  # fmt: skip
-    slurm = {"SLURM_NTASKS": "2", "SLURM_NNODES": "1", "SLURM_JOB_ID": f"9{port - 15000:04d}"}
+    slurm = {
+        "SLURM_NTASKS": "2",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_ID": f"9{port - 15000:04d}",
+    }
     procs = [
         subprocess.Popen(
             args,

@@ -71,7 +71,9 @@ def test_loss_matches_hand_computation_and_masks_padded_steps():
     assert out["gripper_accuracy"].item() == 1.0
     # The padded step's huge error changes nothing.
     target[0, 1, :6] = 100.0
-    assert action_loss(arm, logits, target, mask, gripper_weight=0.5)["loss"].item() == pytest.approx(out["loss"].item())
+    assert action_loss(arm, logits, target, mask, gripper_weight=0.5)["loss"].item() == pytest.approx(
+        out["loss"].item()
+    )
 
 
 def test_loss_default_gripper_weight_and_shape_checks():
@@ -230,3 +232,24 @@ def test_predict_chunk_maps_the_gripper_to_the_dataset_convention():
     assert signed[..., :6].abs().max() <= 0.5 + 1e-6, "arm de-normalised into the data's range"
     policy.normalizer = QuantileNormalizer.from_actions(np.abs(raw), gripper=GripperConvention("unit"))
     torch.testing.assert_close(policy.predict_chunk(_images(2), ["a", "b"])[..., 6], plain[..., 6])
+
+
+def test_an_untied_lm_head_is_dropped_and_checkpoints_holding_it_still_load():
+    """Training and bundle loading leave out the untied, never-run LM head (issue 18); a state
+    dict written with it loads strictly, and one without it loads into a policy without it."""
+    from vlm4vla.backbones import get_backbone
+    from vlm4vla.training.module import VLAModule
+
+    with_head = VLAPolicy(get_backbone("qwen2.5-vl").tiny(tie_word_embeddings=False), chunk_size=4)
+    state = with_head.state_dict()
+    assert "backbone.model.lm_head.weight" in state
+    policy = VLAPolicy(get_backbone("qwen2.5-vl").tiny(tie_word_embeddings=False), chunk_size=4)
+    assert policy.drop_unused_lm_head() == ["backbone.model.lm_head.weight"]
+    assert policy.backbone.model.lm_head is None and "backbone.model.lm_head.weight" not in policy.state_dict()
+    policy.load_state_dict(state, strict=True)  # the old key is skipped, everything else matches
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    tied = VLAPolicy(get_backbone("qwen2.5-vl").tiny(), chunk_size=4)
+    assert tied.drop_unused_lm_head() == [] and tied.backbone.model.lm_head is not None  # it is the embedding
+    module = VLAModule("tiny:qwen2.5-vl", chunk_size=4)
+    assert module.build_policy().backbone.output_embeddings is not None  # tied: kept

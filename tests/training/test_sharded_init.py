@@ -65,8 +65,10 @@ def _worker(rank: int, world: int, port: int, out: str, path: str, backbone: str
     build_mb = None
     if path == "meta":
         module.configure_model()
-    else:  # the old path: the whole policy on every rank, then sharded
-        module.build_policy()
+    else:  # the old path: the whole policy (LM head included) on every rank, then sharded
+        from vlm4vla.policy import VLAPolicy
+
+        module.policy = VLAPolicy.from_config(module.vla_config)
         build_mb = (_status_kb("VmHWM") - before) / 1024  # what building one policy takes
         shard_policy(module.policy, mesh, param_dtype="float32")
     seconds = time.perf_counter() - start

@@ -3,7 +3,7 @@
 A *launch* is one run of the sweep split over ``world_size`` ranks. Rank and world size come from
 
 * ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``) or ``srun`` (``SLURM_PROCID`` /
-  ``SLURM_NTASKS`` / ``SLURM_LOCALID``): the ranks run together, join a gloo process group (no
+  ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID``, set for the tasks of an srun step only): the ranks run together, join a gloo process group (no
   GPU needed), split the *remaining* work after every rank has read the stored episodes, and meet
   at the end so that rank 0 alone writes the reports;
 * ``--shard INDEX/COUNT`` (a SLURM job array, or hand-started processes): each shard runs on its
@@ -28,7 +28,7 @@ from typing import Any
 from vlm4vla.errors import ConfigError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ def detect_launch(environ: Mapping[str, str] | None = None, *, shard: str | None
     if all(v in environ for v in TORCHRUN_VARS):
         names, source = TORCHRUN_VARS, "torchrun"
     elif all(v in environ for v in SLURM_VARS):
+        # Only an srun step's tasks are ranks: the batch script of ``sbatch --ntasks=8`` also sees
+        # SLURM_PROCID=0 and SLURM_NTASKS=8 but no SLURM_STEP_NUM_TASKS (it is one process).
         names, source = SLURM_VARS, "slurm"
     else:
         return Launch()

@@ -394,8 +394,8 @@ class ProcessPool:
     ) -> None:
         """Run ``units`` on the workers. ``predict`` may be a list of replicas (one per GPU): each
         batch then goes to an idle replica, in its own thread, so the replicas run concurrently."""
-        replicas = _Replicas(predict, stats, self._outboxes, self._inbox)
         self._wait_ready()  # process start-up is not part of the measured run
+        replicas = _Replicas(predict, stats, self._outboxes, self._inbox)
         start = time.perf_counter()
         pending = deque(units)
         running: dict[int, Unit] = {}

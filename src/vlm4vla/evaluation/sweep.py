@@ -270,11 +270,16 @@ def _agree(group: ProcessGroup, launch: Launch, step: Callable[[], Any], undo: C
 
 
 def _plan_record(
-    evaluator: Evaluator, checkpoints: Sequence[Checkpoint], settings: SweepSettings, specs: Sequence[Mapping[str, Any]]
+    evaluator: Evaluator,
+    checkpoints: Sequence[Checkpoint],
+    settings: SweepSettings,
+    specs: Sequence[Mapping[str, Any]],
+    launch: Launch,
 ) -> dict[str, Any]:
     """``OUT/plan.json``: what `summarize_results` needs to rebuild the reports from the shards."""
     return {
         "suite": evaluator.name,
+        "shards": launch.world_size if launch.source == "shard" else None,
         "suite_options": dict(settings.suite_options),
         "modes": list(settings.modes or ()),
         "checkpoints": [
@@ -301,10 +306,11 @@ def _run_locked(
     for spec in specs:
         first_of_task.setdefault(spec["task"], []).append(spec["episode_id"])
 
-    meta = cell_meta(evaluator, settings)
-    plan = _plan_record(evaluator, checkpoints, settings, specs)
+    plan = _plan_record(evaluator, checkpoints, settings, specs, launch)
+    meta: dict[str, Any] = {}
 
     def load_and_plan() -> tuple[dict[tuple[str, str], CellStore], list[Unit], int]:
+        meta.update(cell_meta(evaluator, settings))  # plugin code: inside the agreed step
         stores: dict[tuple[str, str], CellStore] = {}
         units: list[Unit] = []
         skipped = 0
@@ -351,7 +357,7 @@ def _run_locked(
         return stores, units, skipped
 
     stores, all_units, skipped = _agree(group, launch, load_and_plan)
-    digest = _digest(plan, settings)
+    digest = _digest(plan, settings, meta)
     digests = group.all_gather(digest)  # after every rank has read the stores: no rank has appended yet
     if len(set(digests)) > 1:
         other = next(r for r, d in enumerate(digests) if d != digests[0])
@@ -365,10 +371,15 @@ def _run_locked(
             f"(checkpoint × mode × episode, an env-sharing group counting once); use at most {len(all_units)} ranks"
         )
     plan_path = out / PLAN_NAME
-    if launch.source == "shard":
-        _check_shard_plan(plan_path, plan, digest)
-    if launch.rank == 0 or launch.source == "shard":
-        write_atomic(plan_path, json.dumps({**plan, "digest": digest}, indent=2, sort_keys=True, default=str) + "\n")
+
+    def record_plan() -> None:
+        if launch.source == "shard":
+            _check_shard_plan(plan_path, digest, launch)
+        if launch.rank == 0 or launch.source == "shard":
+            text = json.dumps({**plan, "digest": digest}, indent=2, sort_keys=True, default=str) + "\n"
+            write_atomic(plan_path, text)
+
+    _agree(group, launch, record_plan)
     mine = _my_units(evaluator, all_units, settings, launch)
     to_run = sum(not job.replay for unit in mine for job in unit.jobs)
     if on_plan is not None:
@@ -437,25 +448,31 @@ def _trimmed(unit: Unit) -> Unit:
     return dataclasses.replace(unit, jobs=unit.jobs[: last + 1])
 
 
-def _check_shard_plan(path: Path, plan: Mapping[str, Any], digest: str) -> None:
-    """Independent shards split the plan among themselves only if they all run the same one."""
+def _check_shard_plan(path: Path, digest: str, launch: Launch) -> None:
+    """Independent shards split the plan among themselves only if they all run the same one: a
+    plan written by shards of the same count is binding; any other (a single or grouped run
+    before, or another shard count) is replaced."""
     if not path.is_file():
         return
     try:
-        stored = json.loads(path.read_text()).get("digest")
-    except (ValueError, AttributeError):
-        stored = None
-    if stored is not None and stored != digest:
+        stored = json.loads(path.read_text())
+    except ValueError:
+        return
+    if not isinstance(stored, dict) or stored.get("shards") != launch.world_size:
+        return
+    if stored.get("digest") not in (None, digest):
         raise EvaluationError(
-            f"{path}: written by a sweep with another plan (checkpoints, modes, tasks, episodes or settings); "
-            "every --shard of a sweep must be started with the same command (or use another --out)"
+            f"{path}: written by --shard …/{launch.world_size} of a sweep with another plan (checkpoints, modes, tasks, "
+            "episodes or settings); every shard of a sweep must be started with the same command (delete the file "
+            "once that sweep's shards have all finished, or use another --out)"
         )
 
 
-def _digest(plan: Mapping[str, Any], settings: SweepSettings) -> str:
+def _digest(plan: Mapping[str, Any], settings: SweepSettings, meta: Mapping[str, Any]) -> str:
+    """What ranks must agree on: the plan and every recorded setting (simulator versions too)."""
     import hashlib
 
-    what = {**plan, "seed": settings.seed, "max_steps": settings.max_steps, "dtype": settings.dtype}
+    what = {**plan, "meta": dict(meta), "seed": settings.seed, "max_steps": settings.max_steps}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

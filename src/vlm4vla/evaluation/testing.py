@@ -162,7 +162,15 @@ def torchrun_eval_command(nproc: int, args: Sequence[str]) -> list[str]:
 def launch_environment(**extra: str) -> dict[str, str]:
     """This process's environment without any launcher's rank variables (a clean torchrun start)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_STEP_NUM_TASKS",
+        "SLURM_LOCALID",
+    ):
         env.pop(name, None)
     return env
 

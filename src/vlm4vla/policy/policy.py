@@ -68,9 +68,12 @@ class VLAPolicy(nn.Module):
 
     def drop_unused_lm_head(self) -> list[str]:
         """Remove the backbone's untied, never-run LM head (`VLABackbone.drop_unused_lm_head`):
-        done by FSDP2 training and by bundle loading. Returns the removed state-dict names (in
-        this module's namespace); checkpoints that still hold them load with those keys skipped."""
+        done by training (every strategy) and by bundle loading. Returns the removed state-dict
+        names (in this module's namespace); checkpoints that still hold them load with those keys
+        skipped (`load_state_dict` and bundles alike)."""
         removed = [f"backbone.model.{name}" for name in self.backbone.drop_unused_lm_head()]
+        if removed and not getattr(self, "dropped_keys", None):
+            self._register_load_state_dict_pre_hook(_skip_dropped_keys, with_module=True)
         self.dropped_keys = sorted({*getattr(self, "dropped_keys", ()), *removed})
         return removed
 
@@ -295,6 +298,12 @@ class VLAPolicy(nn.Module):
         if lora:
             counts["lora_params"] = lora
         return counts
+
+
+def _skip_dropped_keys(module: VLAPolicy, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """A checkpoint written while the policy still had its LM head loads into one without it."""
+    for key in module.dropped_keys:
+        state_dict.pop(prefix + key, None)
 
 
 def create_policy(config: VLAConfig | str, /, *, processor: Any = None, **overrides: Any) -> VLAPolicy:

@@ -259,13 +259,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         raise ConfigError(f"{path}: missing 'hyper_parameters' or 'state_dict'; not a VLAModule checkpoint")
     # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) to the hparams.
     module = VLAModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-    policy = module.build_policy()
-    # FSDP2 training drops the never-run LM head; checkpoints of other runs still hold it.
-    dropped = set(policy.drop_unused_lm_head())
+    policy = module.build_policy()  # without the never-run LM head; older checkpoints' copy is skipped
     prefix = "policy."
-    weights = {
-        k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] not in dropped
-    }
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     if unexpected or any(not _tied_elsewhere(policy, name) for name in missing):
         raise ValueError(

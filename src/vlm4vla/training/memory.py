@@ -16,8 +16,8 @@ decoder layer and vision block, see `vlm4vla.training.strategies`) keeps on each
   forward, so its gathered copy stays resident from the forward to the backward pass;
 * **activations** — per micro-batch, from the sequence lengths below.
 
-Under FSDP2 over several ranks the untied LM head (vocabulary × hidden, never run) is not part
-of the policy (`VLAPolicy.drop_unused_lm_head`), so it is in none of the terms. **Host RAM at
+The untied LM head (vocabulary × hidden, never run) is not part of the trained policy
+(`VLAPolicy.drop_unused_lm_head`), so it is in none of the terms. **Host RAM at
 start-up** (fp32): before, every rank built the whole policy (one copy each); now rank 0 alone
 does and the other ranks hold one tensor at a time (`build_sharded_policy`); DDP and one GPU
 build one copy per rank as before.
@@ -114,7 +114,7 @@ class MemoryEstimate:
     activations_gb: float
     total_gb: float
     lm_head_params: int = 0
-    """Parameters of the untied LM head left out under FSDP2 (0: kept, or there is none)."""
+    """Parameters of the untied LM head training leaves out (0: there is none, or it is tied)."""
     host_before_gb: float = 0.0
     """Host RAM per rank at start-up when every rank builds the whole policy (fp32): the old FSDP2 path."""
     host_rank0_gb: float = 0.0
@@ -364,7 +364,7 @@ def estimate_memory(
     # FSDP2 over several ranks builds on the meta device, without the never-run LM head; rank 0
     # alone reads the weights (one fp32 copy in host RAM), the others hold one tensor at a time.
     meta_build = sharded and world > 1
-    head = profile.lm_head_params if meta_build else 0
+    head = profile.lm_head_params  # left out by every strategy
     host_before = profile.total_params * 4
     host_rank0 = host_before
     host_others = profile.largest_tensor_params * 4 if meta_build else host_before

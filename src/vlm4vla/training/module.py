@@ -129,6 +129,9 @@ class VLAModule(pl.LightningModule):
             return self.policy
         config = self.vla_config if weights is None else self.vla_config.replace(weights=weights)
         policy = VLAPolicy.from_config(config)
+        # Training never runs an untied LM head: every strategy leaves it out, so checkpoints of
+        # FSDP2, DDP and one device hold the same keys (older ones with the head still load).
+        policy.drop_unused_lm_head()
         if self.hparams.activation_checkpointing:
             policy.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy
