@@ -244,17 +244,15 @@ class _Disagreeing:
         return [obj, "another digest" if isinstance(obj, str) and len(obj) == 64 else obj]
 
 
-def test_ranks_started_with_other_arguments_stop_before_any_episode(tmp_path: Path, run_dir: Path) -> None:
+def _as_rank0_of_two(out: Path, run_dir: Path, group: Any) -> None:
+    """The sweep as rank 0 of a 2-rank torchrun launch whose other rank ``group`` stands in for."""
     launch = Launch(rank=0, world_size=2, source="torchrun")
+    run_sweep(load_evaluator("reach"), resolve_checkpoints(run_dir), out, _settings(), launch=launch, group=group)
+
+
+def test_ranks_started_with_other_arguments_stop_before_any_episode(tmp_path: Path, run_dir: Path) -> None:
     with pytest.raises(EvaluationError, match="rank 1 was started with other arguments than rank 0"):
-        run_sweep(
-            load_evaluator("reach"),
-            resolve_checkpoints(run_dir),
-            tmp_path,
-            _settings(),
-            launch=launch,
-            group=_Disagreeing(),
-        )
+        _as_rank0_of_two(tmp_path, run_dir, _Disagreeing())
     assert not list(tmp_path.glob("*/*/episodes*.jsonl"))
 
 
@@ -269,16 +267,8 @@ class _OtherRankFailed:
 
 
 def test_a_rank_whose_check_failed_stops_every_rank(tmp_path: Path, run_dir: Path) -> None:
-    launch = Launch(rank=0, world_size=2, source="torchrun")
     with pytest.raises(EvaluationError, match="rank 0 of 2 \\(torchrun\\): stopping because rank 1 failed: StoreError"):
-        run_sweep(
-            load_evaluator("reach"),
-            resolve_checkpoints(run_dir),
-            tmp_path,
-            _settings(),
-            launch=launch,
-            group=_OtherRankFailed(),
-        )
+        _as_rank0_of_two(tmp_path, run_dir, _OtherRankFailed())
     ResultsLock(tmp_path).acquire().release()  # the lock taken before the failure was released
 
 

@@ -80,6 +80,11 @@ class Unit:
     jobs: list[Job]
     shared_env: bool = False
 
+    @property
+    def pending(self) -> bool:
+        """Whether any of its episodes is still to be stored (not only replays)."""
+        return any(not job.replay for job in self.jobs)
+
 
 @dataclass
 class RunStats:

@@ -406,40 +406,35 @@ def _run_locked(
     # replace the last complete summary (or write ``"best": null`` for a sweep whose first bundle
     # failed to load).
     _agree(group, launch, run_mine)
-    cells: list[dict[str, Any]] = []
-    best = None
-    if launch.writes_reports or launch.source == "shard":
+    if not (launch.writes_reports or launch.source == "shard"):
+        return SweepResult(cells=[], best=None, stats=stats, ran=to_run, skipped=skipped, reported=False)
+    if launch.world_size > 1:
         for store in stores.values():
             store.load(repair=False)  # the other ranks' records
-        wanted = [episode_key(s["task"], s["episode_id"]) for s in specs]
-        cells = _cells(evaluator, plan, stores, wanted)
-        incomplete = [f"{c['checkpoint']}/{c['mode']}" for c in cells if not c["complete"]]
-        if launch.source == "shard":
-            if incomplete:  # the other shards have not finished yet: the last one writes the reports
-                return SweepResult(cells=cells, best=None, stats=stats, ran=to_run, skipped=skipped, reported=False)
-        elif incomplete:
-            # Reports are rebuilt only from complete data; the episodes stay on disk for a re-run.
-            raise EvaluationError(
-                f"{out}: cells {', '.join(incomplete)} are missing episodes after the run; reports not rewritten"
-            )
-        best = write_reports(out, evaluator.name, evaluator.headline_metric, cells)
-        return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped, reported=True)
-    return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped, reported=False)
+    wanted = [episode_key(s["task"], s["episode_id"]) for s in specs]
+    cells = _cells(evaluator, plan, stores, wanted)
+    incomplete = [f"{c['checkpoint']}/{c['mode']}" for c in cells if not c["complete"]]
+    if incomplete and launch.source == "shard":  # other shards are still running: the last one reports
+        return SweepResult(cells=cells, best=None, stats=stats, ran=to_run, skipped=skipped, reported=False)
+    if incomplete:
+        # Reports are rebuilt only from complete data; the episodes stay on disk for a re-run.
+        raise EvaluationError(
+            f"{out}: cells {', '.join(incomplete)} are missing episodes after the run; reports not rewritten"
+        )
+    best = write_reports(out, evaluator.name, evaluator.headline_metric, cells)
+    return SweepResult(cells=cells, best=best, stats=stats, ran=to_run, skipped=skipped, reported=True)
 
 
 def _my_units(evaluator: Evaluator, units: Sequence[Unit], settings: SweepSettings, launch: Launch) -> list[Unit]:
     """This rank's units. A grouped launch splits what remains (every rank read the same stores);
     independent shards split the whole plan, so shards started at different times agree."""
+    pending = [u for u in units if u.pending]
     if launch.world_size == 1:
-        return [_trimmed(u) for u in units if not all(j.replay for j in u.jobs)]
-    pool = [u for u in units if not all(j.replay for j in u.jobs)] if launch.grouped else list(units)
+        return [_trimmed(u) for u in pending]
+    pool = pending if launch.grouped else list(units)
     costs = [sum(evaluator.expected_steps(j.spec, max_steps=settings.max_steps) for j in u.jobs) for u in pool]
     owners = assign_shards(costs, launch.world_size)
-    return [
-        _trimmed(u)
-        for u, owner in zip(pool, owners, strict=True)
-        if owner == launch.rank and not all(j.replay for j in u.jobs)
-    ]
+    return [_trimmed(u) for u, owner in zip(pool, owners, strict=True) if owner == launch.rank and u.pending]
 
 
 def _trimmed(unit: Unit) -> Unit:

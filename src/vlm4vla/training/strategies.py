@@ -85,7 +85,6 @@ def build_sharded_policy(
         policy = VLAPolicy.from_config(config.replace(weights="meta"))
     policy.spec = config
     policy.backbone.processor = payload[1]
-    policy.image_pipeline = dict(config.image_pipeline) if config.image_pipeline is not None else None
     policy.drop_unused_lm_head()
     if activation_checkpointing:
         policy.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
