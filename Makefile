@@ -7,13 +7,13 @@ TORCH_SPEC ?= torch==2.13.0
 # Two LIBERO-10 tasks for the quickstart's short evaluation.
 QUICKSTART_TASKS ?= LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket,KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it
 
-.PHONY: install install-libero install-plugins install-maniskill3 vulkan test test-simpler quickstart clean
+.PHONY: install install-libero install-plugins install-maniskill3 vulkan test test-client test-simpler quickstart clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -e ./clients/python -e ".[dev]"
 	touch $@
 
 # The LIBERO-10 evaluator plugin with the LIBERO package that ships its assets on PyPI.
@@ -52,6 +52,22 @@ vulkan:
 test: install install-plugins
 	$(PYTHON) -m pytest
 
+# vlm4vla-client on the oldest Python it supports (3.8: pyenv's on the CI machines; else the
+# python3 on PATH, which the first line printed says), then vlm4vla-eval --policy-server in an
+# environment without torch (the client with its harness extra, vlm4vla installed --no-deps).
+CLIENT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8.*/bin/python) $(shell command -v python3.8 2>/dev/null) python3)
+
+test-client: install
+	rm -rf .venv-client .venv-harness
+	$(CLIENT_PYTHON) -m venv .venv-client
+	.venv-client/bin/python -m pip install --quiet "./clients/python[test]"
+	@.venv-client/bin/python -c 'import sys; print("vlm4vla-client tests on Python " + sys.version.split()[0])'
+	cd clients/python && ../../.venv-client/bin/python -m pytest -p no:cacheprovider tests
+	python3 -m venv .venv-harness
+	.venv-harness/bin/python -m pip install --quiet "./clients/python[harness]"
+	.venv-harness/bin/python -m pip install --quiet --no-deps -e .
+	VLM4VLA_HARNESS_PYTHON="$(abspath .venv-harness/bin/python)" $(PYTHON) -m pytest tests/evaluation/test_remote.py -k torch_free_environment
+
 # SimplerEnv-Bridge on a real ManiSkill3: every real-simulation test runs, none may be skipped.
 test-simpler: install install-plugins install-maniskill3 vulkan
 	@test -d "$(SIMPLER_ASSETS)/data" || { echo "test-simpler: no Bridge assets at $(SIMPLER_ASSETS)/data (set SIMPLER_ASSETS)"; exit 1; }
@@ -69,4 +85,4 @@ quickstart: install install-libero
 	$(VENV)/bin/vlm4vla report runs/quickstart/eval --out runs/quickstart/report
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache runs/quickstart data/quickstart
+	rm -rf $(VENV) .venv-client .venv-harness build dist src/*.egg-info .pytest_cache runs/quickstart data/quickstart

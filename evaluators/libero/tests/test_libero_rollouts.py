@@ -61,8 +61,24 @@ def _without_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
-def test_real_rollouts_are_reproducible_across_runs_and_worker_counts(bundle: Path, tmp_path: Path) -> None:
-    first = _evaluate(bundle, tmp_path / "out1")
+@pytest.fixture(scope="module")
+def first_run(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The in-process sweep (2 tasks × 1 episode × 30 steps, one worker): the oracle of the others."""
+    out = tmp_path_factory.mktemp("libero_first") / "out"
+    _evaluate(bundle, out)
+    return out
+
+
+def _stored(out: Path) -> list[dict[str, Any]]:
+    (path,) = out.glob("*/*/episodes.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: (TASKS.index(r["task"]), r["episode_id"]))
+
+
+def test_real_rollouts_are_reproducible_across_runs_and_worker_counts(
+    bundle: Path, first_run: Path, tmp_path: Path
+) -> None:
+    first = _stored(first_run)
     assert [r["task"] for r in first] == TASKS
     for record in first:
         assert record["suite"] == "libero10" and record["episode_id"] == 0 and record["init_state"] == 0
@@ -81,6 +97,48 @@ def test_real_rollouts_are_reproducible_across_runs_and_worker_counts(bundle: Pa
     # ~1e-7, which would show in the bit-level fingerprints, so forwards stay per observation.
     parallel = _evaluate(bundle, tmp_path / "out3", "--workers", "2", "--max-batch", "1")
     assert _without_timings(parallel) == _without_timings(first)
+
+
+def test_real_rollouts_through_a_policy_server_match_in_process_and_survive_a_restart(
+    bundle: Path, first_run: Path, tmp_path: Path
+) -> None:
+    """Issue 16's must-show: ``vlm4vla serve`` in a subprocess, ``vlm4vla-eval --policy-server``
+    stores the in-process records (``--max-batch 1``), with the server SIGKILLed after the first
+    stored episode and restarted: the sweep reconnects and stores every episode once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from vlm4vla.evaluation.testing import HUB_OFFLINE, ServedBundle, stored_records
+
+    args = [
+        "--suite", "libero10", "--tasks", ",".join(TASKS), "--episodes-per-task", "1", "--max-steps", "30",
+        "--modes", "full", "--quiet",
+    ]  # fmt: skip
+    expected = stored_records(first_run)
+    with ServedBundle(bundle, "--max-batch", "1") as server:
+        # One sweep shows both: the episode before the kill and the one after it are each
+        # compared with the in-process record of the same episode.
+        out = tmp_path / "restart"
+        command = [sys.executable, "-m", "vlm4vla.cli.evaluate", *args, "--policy-server", server.url]
+        command += ["--out", str(out), "--server-retry", "180"]
+        proc = subprocess.Popen(command, env={**os.environ, **HUB_OFFLINE}, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not any(p.stat().st_size for p in out.glob("*/*/episodes.jsonl")):
+                assert time.monotonic() < deadline and proc.poll() is None, "the sweep ended before its first record"
+                time.sleep(0.05)
+            server.kill()  # mid-sweep: the second task's episode still needs the policy
+            assert len(stored_records(out)) == 1
+            server.start()
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            assert server.starts == 2
+        finally:
+            proc.kill()
+            proc.wait()
+    assert stored_records(out) == expected
 
 
 @pytest.fixture(scope="module")

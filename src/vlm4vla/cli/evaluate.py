@@ -15,6 +15,11 @@ repeatable; values are YAML scalars); ``--protocol standard|released`` picks the
 canonical loop or the released VLM4VLA evaluation's. Both are recorded in every cell's
 ``meta.json`` (with the simulator versions) and a resume with other values is refused.
 
+Policy servers: ``--policy-server ws://HOST:PORT[,…]`` evaluates the bundles that ``vlm4vla
+serve`` serves (the simulator may then run in its own Python environment, and this process
+imports no torch); ``--serve --ckpt …`` starts one server per checkpoint itself. Records,
+resume and reports are those of an in-process run.
+
 Sharding: started by ``torchrun`` or ``srun`` (``torchrun --nproc-per-node 8 --no-python
 vlm4vla-eval …``) every rank takes its share of the episodes, binds its local rank's GPU and
 appends to its own shard files; rank 0 writes the reports when all have finished. ``--shard
@@ -60,6 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="suite name (see --list-suites)")
     p.add_argument("--ckpt", type=Path, help="a policy bundle, or a run directory (all checkpoints/step=* bundles)")
     p.add_argument(
+        "--policy-server",
+        metavar="URL[,URL...]",
+        help="evaluate the bundles served by `vlm4vla serve` at ws://HOST:PORT instead of --ckpt (servers of one "
+        "bundle are replicas; of several bundles, the checkpoints of the sweep); this process imports no torch",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="with --ckpt: start `vlm4vla serve` for each checkpoint in turn and evaluate through it",
+    )
+    p.add_argument(
+        "--serve-command",
+        default=None,
+        metavar="CMD",
+        help="the server command --serve runs, e.g. '/opt/gpu-env/bin/vlm4vla serve' (default: this Python's)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="the policy server's shared token (default $VLM4VLA_SERVER_TOKEN)",
+    )
+    p.add_argument(
+        "--server-retry",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a server is waited for (at start, and after a dropped connection) before the sweep "
+        "stops (default 60)",
+    )
+    p.add_argument(
         "--summarize",
         type=Path,
         metavar="OUT",
@@ -102,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="the VLM's precision (the head stays fp32; recorded, a resume with another is refused)",
+        default=None,
+        help="the VLM's precision (default float32; with --policy-server the server's; the head stays fp32; "
+        "recorded, a resume with another is refused)",
     )
     p.add_argument(
         "--allow-unnormalized",
@@ -192,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.summarize is not None:
             return _summarize(args)
-        if not args.suite or args.ckpt is None:
-            return report_message(PROG, "--suite and --ckpt are required (or --list-suites, --summarize OUT)")
+        if not args.suite or (args.ckpt is None) == (args.policy_server is None):
+            return report_message(
+                PROG, "--suite and one of --ckpt or --policy-server are required (or --list-suites, --summarize OUT)"
+            )
         options = parse_suite_options(args.suite_option, args.protocol)
         return _evaluate(args, load_evaluator(args.suite, options))
     except SimulatorImportError as err:
@@ -206,16 +244,68 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
+    from contextlib import ExitStack
+
     from vlm4vla.evaluation.chunking import parse_modes
-    from vlm4vla.evaluation.devices import resolve_devices
-    from vlm4vla.evaluation.distributed import ProcessGroup, detect_launch
-    from vlm4vla.evaluation.sweep import SweepSettings, resolve_checkpoints, run_sweep
+    from vlm4vla.evaluation.distributed import detect_launch
 
     launch = detect_launch(shard=args.shard)
     modes = parse_modes(args.modes) if args.modes is not None else None
-    devices = resolve_devices(args.device, local_rank=launch.local_rank if launch.grouped else None)
+    if args.serve and args.ckpt is None:
+        return report_message(PROG, "--serve starts a server per --ckpt bundle; give --ckpt (or use --policy-server)")
     evaluator.check_available()  # a missing simulator is told before any bundle is read
+    with ExitStack() as stack:
+        checkpoints, devices, dtype, loader = _policies(args, launch, stack)
+        return _sweep(args, evaluator, launch, modes, checkpoints, devices, dtype, loader)
+
+
+def _policies(args: argparse.Namespace, launch: object, stack: object) -> tuple[list, list[str], str, object]:
+    """The checkpoints, the recorded device(s) and dtype, and the policy loader of the sweep:
+    bundles loaded in this process, servers given by URL, or servers started per checkpoint."""
+    from vlm4vla.evaluation.sweep import resolve_checkpoints
+
+    if args.policy_server is not None:
+        from vlm4vla.evaluation.remote import RemotePolicyError, connect_servers, parse_server_urls
+
+        remote = connect_servers(
+            parse_server_urls(args.policy_server),
+            token=args.token,
+            connect_timeout=args.server_retry,
+            retry_seconds=args.server_retry,
+        )
+        stack.callback(remote.close)
+        if args.dtype is not None and args.dtype != remote.dtype:
+            raise RemotePolicyError(f"--dtype {args.dtype}: the server runs the policy in {remote.dtype}")
+        return remote.checkpoints, [remote.device], remote.dtype, remote.loader
     checkpoints = resolve_checkpoints(args.ckpt)
+    dtype = args.dtype or "float32"
+    if args.serve:
+        import shlex
+
+        from vlm4vla.evaluation.remote import ServedCheckpoints
+
+        served = stack.enter_context(
+            ServedCheckpoints(
+                shlex.split(args.serve_command) if args.serve_command else None,
+                device=args.device,
+                dtype=dtype,
+                max_batch=args.max_batch,
+                token=args.token,
+                retry_seconds=args.server_retry,
+            )
+        )
+        device = served.start(checkpoints[0])  # fails fast, and tells the device the results record
+        return checkpoints, [device], dtype, served.loader
+    from vlm4vla.evaluation.devices import resolve_devices
+
+    devices = resolve_devices(args.device, local_rank=launch.local_rank if launch.grouped else None)
+    return checkpoints, devices, dtype, None
+
+
+def _sweep(args, evaluator, launch, modes, checkpoints, devices, dtype, loader) -> int:  # noqa: ANN001
+    from vlm4vla.evaluation.distributed import ProcessGroup
+    from vlm4vla.evaluation.sweep import SweepSettings, run_sweep
+
     settings = SweepSettings(
         modes=modes,
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
@@ -228,7 +318,7 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
         allow_unnormalized=args.allow_unnormalized,
         device=devices[0],
         devices=devices,
-        dtype=args.dtype,
+        dtype=dtype,
         suite_options=parse_suite_options(args.suite_option, args.protocol),
     )
     quiet = args.quiet or launch.rank != 0
@@ -236,9 +326,11 @@ def _evaluate(args: argparse.Namespace, evaluator: object) -> int:
     try:
         with ProcessGroup(launch, timeout_minutes=args.dist_timeout) as group:
             if quiet:
-                result = run_sweep(evaluator, checkpoints, args.out, settings, launch=launch, group=group)
+                result = run_sweep(
+                    evaluator, checkpoints, args.out, settings, policy_loader=loader, launch=launch, group=group
+                )
             else:
-                result = _run_with_progress(evaluator, checkpoints, args.out, settings, launch, group)
+                result = _run_with_progress(evaluator, checkpoints, args.out, settings, launch, group, loader)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if launch.world_size > 1:  # one status line per rank, whatever --quiet says
@@ -294,7 +386,7 @@ def _summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_progress(evaluator, checkpoints, out, settings, launch, group):  # noqa: ANN001, ANN202
+def _run_with_progress(evaluator, checkpoints, out, settings, launch, group, loader):  # noqa: ANN001, ANN202
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -328,7 +420,15 @@ def _run_with_progress(evaluator, checkpoints, out, settings, launch, group):  #
             progress.update(bar, advance=1, rate=f"success {successes[0]}/{successes[1]}")
 
         return run_sweep(
-            evaluator, checkpoints, out, settings, on_plan=on_plan, on_record=on_record, launch=launch, group=group
+            evaluator,
+            checkpoints,
+            out,
+            settings,
+            policy_loader=loader,
+            on_plan=on_plan,
+            on_record=on_record,
+            launch=launch,
+            group=group,
         )
 
 

@@ -133,7 +133,13 @@ class ProcessGroup:
         self._dist: Any = None
         if not launch.grouped:
             return
-        import torch.distributed as dist
+        try:
+            import torch.distributed as dist
+        except ImportError:  # e.g. a simulator's environment evaluating through a policy server
+            raise ConfigError(
+                f"{launch.describe()}: torchrun/srun ranks meet in a torch.distributed (gloo) group, and torch is not "
+                "installed here; run independent shards instead (--shard INDEX/COUNT, then --summarize)"
+            ) from None
 
         for key, value in rendezvous_environment(launch).items():
             os.environ.setdefault(key, value)

@@ -116,7 +116,8 @@ class SweepResult:
     suite: str = ""
 
 
-PolicyLoader = Callable[[Checkpoint], PredictFn]
+PolicyLoader = Callable[[Checkpoint], "PredictFn | list[PredictFn]"]
+"""A checkpoint's predict function (called once per replica device), or the list of its replicas."""
 
 
 def load_policy(checkpoint: Checkpoint, *, device: str = "cpu", dtype: str = "float32") -> PredictFn:
@@ -202,8 +203,9 @@ def run_sweep(
     and the results already stored. ``on_plan(to_run, already_done)`` is called once before
     running, ``on_record(record)`` after each stored episode.
 
-    ``policy_loader(checkpoint)`` returns a predict function; it is called once per replica
-    (``settings.devices``). Default: `load_policy` on each device in ``settings.dtype``.
+    ``policy_loader(checkpoint)`` returns a predict function, called once per replica
+    (``settings.devices``), or a list of replicas (`vlm4vla.evaluation.remote`: one per policy
+    server). Default: `load_policy` on each device in ``settings.dtype``.
 
     ``launch`` (`vlm4vla.evaluation.distributed`): this process's rank. Its shard of the units is
     run and appended to its own shard files; in a grouped launch (``group``: torchrun / srun) the
@@ -475,7 +477,10 @@ def _load_replicas(
     ckpt: Checkpoint, devices: Sequence[str], settings: SweepSettings, policy_loader: PolicyLoader | None
 ) -> list[PredictFn]:
     if policy_loader is not None:
-        return [policy_loader(ckpt) for _ in devices]
+        loaded = policy_loader(ckpt)
+        if isinstance(loaded, list):  # the replicas themselves (e.g. one per policy server)
+            return loaded
+        return [loaded, *(policy_loader(ckpt) for _ in devices[1:])]
     return [load_policy(ckpt, device=device, dtype=settings.dtype) for device in devices]
 
 

@@ -190,6 +190,81 @@ def stored_records(
     return found
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServedBundle:
+    """``vlm4vla serve BUNDLE`` in a subprocess on a fixed loopback port (so a restart keeps the
+    URL), for tests of evaluation through a policy server::
+
+        with ServedBundle(bundle, "--max-batch", "1") as server:
+            main(["--suite", "libero10", "--policy-server", server.url, ...])
+            server.kill(); server.start()     # the client reconnects to the same URL
+    """
+
+    def __init__(self, bundle: str | os.PathLike, *args: str, port: int | None = None, log: Path | None = None) -> None:
+        self.bundle = Path(bundle)
+        self.args = list(args)
+        self.port = port or free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 120.0) -> ServedBundle:
+        import shutil
+        import tempfile
+        import time
+
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"vlm4vla serve {self.bundle} is already running (pid {self.proc.pid})")
+        ready_dir = Path(tempfile.mkdtemp(prefix="vlm4vla-served-"))
+        ready = ready_dir / "ready.json"
+        argv = [sys.executable, "-m", "vlm4vla.cli.main", "serve", str(self.bundle), "--port", str(self.port)]
+        argv += ["--ready-file", str(ready), "--device", "cpu", *self.args]
+        env = {**launch_environment(), **HUB_OFFLINE}
+        if self.log is not None:
+            with open(self.log, "ab") as log:  # the child keeps its own descriptor
+                self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+        else:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready.is_file():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"vlm4vla serve {self.bundle} did not start (exit code {self.proc.returncode})")
+                time.sleep(0.05)
+        finally:
+            shutil.rmtree(ready_dir, ignore_errors=True)  # the server no longer needs it once it is listening
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the clients, as a crashed or pre-empted server."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        from vlm4vla.evaluation.remote import stop_process
+
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def __enter__(self) -> ServedBundle:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _contract_query(image: np.ndarray, instruction: str) -> np.ndarray:
     """A deterministic chunk of 4 small actions depending on the image only; gripper 1."""
     phase = float(np.asarray(image, dtype=np.float64).mean()) / 255.0

@@ -22,14 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
 
 from vlm4vla.errors import VLM4VLAError
 from vlm4vla.policy.config import VLAConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from vlm4vla.policy.policy import VLAPolicy
 
 CONFIG_NAME = "vla_config.json"
@@ -75,6 +75,8 @@ def save_bundle(policy: VLAPolicy, directory: str | os.PathLike, *, state_dict: 
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(bundle_config(policy), indent=2, sort_keys=True))
         if state_dict is None:
+            from safetensors.torch import save_model
+
             save_model(policy, str(tmp / WEIGHTS_NAME))
         else:
             from safetensors.torch import save_file
@@ -122,12 +124,19 @@ def read_bundle_config(directory: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{path}: not valid JSON ({err})") from None
+    return validate_bundle_config(config, str(path))
+
+
+def validate_bundle_config(config: Any, source: str) -> dict[str, Any]:
+    """The checks every ``vla_config.json`` passes before use, from a file or a policy server."""
+    if not isinstance(config, dict):
+        raise BundleError(f"{source}: expected a JSON object, got {type(config).__name__}")
     for field in ("backbone", "backbone_config", "chunk_size"):
         if field not in config:
-            raise BundleError(f"{path}: missing field {field!r}")
+            raise BundleError(f"{source}: missing field {field!r}")
     if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise BundleError(
-            f"{path}: format_version {config['format_version']} is newer than this vlm4vla supports ({FORMAT_VERSION})"
+            f"{source}: format_version {config['format_version']} is newer than this vlm4vla supports ({FORMAT_VERSION})"
         )
     return config
 
@@ -146,7 +155,7 @@ def check_bundle_files(directory: str | os.PathLike) -> dict[str, Any]:
     try:
         # safetensors checks that the header's tensor offsets cover the file exactly, which
         # catches a truncated copy or a damaged header before any simulator starts.
-        with safe_open(str(weights), framework="pt"):
+        with safe_open(str(weights), framework="numpy"):  # numpy: no torch import for a header check
             pass
     except (SafetensorError, OSError) as err:
         raise BundleError(f"{weights}: truncated or corrupt safetensors file ({_first_line(err)})") from None
@@ -172,6 +181,8 @@ def read_bundle(directory: str | os.PathLike) -> tuple[VLAConfig, Path, Path]:
 
 def load_weights(policy: VLAPolicy, weights: Path, family: str) -> None:
     """Load a bundle's safetensors weights into ``policy`` (tied weights are stored once)."""
+    from safetensors.torch import load_model
+
     try:
         missing, unexpected = load_model(policy, str(weights), strict=False)
     except SafetensorError as err:
