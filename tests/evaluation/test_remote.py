@@ -215,6 +215,11 @@ def test_inconsistent_servers_and_arguments_are_refused_with_one_line(
         assert "one of --ckpt or --policy-server" in err
         err = _one_line_error(capsys, ["--suite", "reach", "--policy-server", "http://x:1", "--out", out])
         assert "expected ws://HOST:PORT" in err
+        crashing = f"{sys.executable} -c 'import sys; print(\"no GPU here\"); sys.exit(3)'"
+        err = _one_line_error(
+            capsys, ["--suite", "reach", "--ckpt", str(bundle), "--serve", "--serve-command", crashing, "--out", out]
+        )
+        assert f"vlm4vla serve {bundle}" in err and "exited with code 3: no GPU here" in err
         port = servers[0].port
         servers[0].shutdown()
         time.sleep(0.2)

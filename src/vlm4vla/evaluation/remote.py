@@ -112,6 +112,9 @@ def connect_servers(
     """Connect to every server and group them by the bundle they serve (ordered by step)."""
     from vlm4vla_client import metadata_identity
 
+    from vlm4vla.evaluation.devices import device_type
+
+    opened: list[Any] = []  # every connection, closed if any check fails
     clients: dict[str, list[Any]] = {}
     identities: dict[str, tuple[str, str]] = {}
     checkpoints: dict[str, Checkpoint] = {}
@@ -119,7 +122,7 @@ def connect_servers(
     try:
         for url in urls:
             client = connect(url, token=token, connect_timeout=connect_timeout, retry_seconds=retry_seconds)
-            clients.setdefault("", []).append(client)  # closed below if a later check fails
+            opened.append(client)
             meta = client.metadata
             ckpt = checkpoint_of(meta, url)
             identity = metadata_identity(meta)
@@ -131,19 +134,15 @@ def connect_servers(
             identities.setdefault(ckpt.name, (identity, url))
             checkpoints.setdefault(ckpt.name, ckpt)
             clients.setdefault(ckpt.name, []).append(client)
-            settings.add((str(meta.get("device", "cpu")).split(":")[0], str(meta.get("dtype", "float32"))))
+            settings.add((device_type(str(meta.get("device", "cpu"))), str(meta.get("dtype", "float32"))))
+        if len(settings) > 1:
+            raise RemotePolicyError(
+                f"the servers run on different devices or dtypes ({sorted(settings)}); a sweep records one of each"
+            )
     except BaseException:
-        for client in clients.get("", []):
+        for client in opened:
             client.close()
         raise
-    clients.pop("")
-    if len(settings) > 1:
-        for group in clients.values():
-            for client in group:
-                client.close()
-        raise RemotePolicyError(
-            f"the servers run on different devices or dtypes ({sorted(settings)}); a sweep records one of each"
-        )
     ordered = sorted(checkpoints.values(), key=lambda c: (c.step is None, c.step or 0, c.name))
     device, dtype = next(iter(settings))
     return RemotePolicies(ordered, clients, device=device, dtype=dtype)
@@ -159,6 +158,24 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_until_listening(
+    proc: subprocess.Popen[Any], ready: Path, *, what: str, timeout: float, log: Path | None = None
+) -> dict[str, Any]:
+    """The ``--ready-file`` JSON of a starting ``vlm4vla serve`` (``{"url", "port", ...}``), once it
+    listens. `RemotePolicyError` if it exits first (with ``log``'s last line) or is not listening
+    within ``timeout`` (it is then stopped)."""
+    deadline = time.monotonic() + timeout
+    while not ready.is_file():
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines() if log is not None and log.is_file() else []
+            raise RemotePolicyError(f"{what} exited with code {proc.returncode}: {tail[-1] if tail else 'no output'}")
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise RemotePolicyError(f"{what}: not listening after {timeout:.0f} s")
+        time.sleep(0.05)
+    return json.loads(ready.read_text())
 
 
 class ServedCheckpoints:
@@ -198,7 +215,7 @@ class ServedCheckpoints:
         """Start the server of ``checkpoint`` (stopping the previous one); returns its device."""
         self.stop()
         ready = self._dir / f"{len(self.started)}.json"
-        log = open(self._dir / f"{len(self.started)}.log", "wb")  # noqa: SIM115 - the server's whole life
+        log_path = self._dir / f"{len(self.started)}.log"
         argv = [*self.command, str(checkpoint.path), "--port", "0", "--ready-file", str(ready)]
         argv += ["--device", self.device, "--dtype", self.dtype]
         if self.max_batch is not None:
@@ -206,24 +223,11 @@ class ServedCheckpoints:
         env = dict(os.environ)
         if self.token:
             env["VLM4VLA_SERVER_TOKEN"] = self.token
-        self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        with open(log_path, "wb") as log:  # the child keeps its own descriptor
+            self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.started.append(checkpoint.name)
-        deadline = time.monotonic() + self.start_timeout
-        while not ready.is_file():
-            if self._proc.poll() is not None:
-                tail = (self._dir / f"{len(self.started) - 1}.log").read_text(errors="replace").strip().splitlines()
-                raise RemotePolicyError(
-                    f"vlm4vla serve {checkpoint.path} exited with code {self._proc.returncode}: "
-                    f"{tail[-1] if tail else 'no output'} (command: {shlex.join(argv)})"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RemotePolicyError(
-                    f"vlm4vla serve {checkpoint.path}: not listening after {self.start_timeout:.0f} s"
-                )
-            time.sleep(0.1)
-        url = json.loads(ready.read_text())["url"]
+        what = f"vlm4vla serve {checkpoint.path} (command: {shlex.join(argv)})"
+        url = wait_until_listening(self._proc, ready, what=what, timeout=self.start_timeout, log=log_path)["url"]
         self._client = connect(url, token=self.token, connect_timeout=30.0, retry_seconds=self.retry_seconds)
         served = self._client.metadata
         if served.get("config") != dict(checkpoint.config):

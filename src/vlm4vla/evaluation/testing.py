@@ -147,11 +147,7 @@ def write_tiny_bundle(
 def torchrun_eval_command(nproc: int, args: Sequence[str]) -> list[str]:
     """``torchrun --nproc-per-node N --no-python vlm4vla-eval ARGS`` on a free loopback port, with
     this interpreter's torchrun and vlm4vla-eval (for sharding tests of a plugin)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     return [
         str(bin_dir / "torchrun"), "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
@@ -220,7 +216,8 @@ class ServedBundle:
     def start(self, timeout: float = 120.0) -> ServedBundle:
         import shutil
         import tempfile
-        import time
+
+        from vlm4vla.evaluation.remote import wait_until_listening
 
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"vlm4vla serve {self.bundle} is already running (pid {self.proc.pid})")
@@ -235,13 +232,8 @@ class ServedBundle:
         else:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         self.starts += 1
-        deadline = time.monotonic() + timeout
         try:
-            while not ready.is_file():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"vlm4vla serve {self.bundle} did not start (exit code {self.proc.returncode})")
-                time.sleep(0.05)
+            wait_until_listening(self.proc, ready, what=f"vlm4vla serve {self.bundle}", timeout=timeout, log=self.log)
         finally:
             shutil.rmtree(ready_dir, ignore_errors=True)  # the server no longer needs it once it is listening
         return self
