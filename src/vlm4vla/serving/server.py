@@ -174,7 +174,7 @@ class PolicyServer:
                     return
                 try:
                     actions = pending.future.result()
-                except Exception as err:  # the forward failed (or the server is stopping): tell this client
+                except Exception as err:  # the forward (or the batching loop) failed: tell this client
                     await ws.send(encode(error_reply(request_id, f"forward failed: {type(err).__name__}: {err}")))
                     continue
                 await ws.send(encode(actions_reply(request_id, actions)))
